@@ -1,0 +1,59 @@
+// Our own SentencePiece BPE tokenizer, as Llama-2-family models use it. It reads
+// tokenizer.model (a serialized sentencepiece ModelProto) without libsentencepiece,
+// which must never be linked beside gRPC (DEVELOPERS.md).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace chatradio::model {
+
+class Tokenizer {
+ public:
+  // Throws ModelError for unreadable files, non-BPE models and normalizers we
+  // do not implement (e.g. an NFKC precompiled charsmap), naming the field.
+  static Tokenizer load(const std::string& path);
+
+  // Ids of `text` (UTF-8; invalid bytes are treated as SentencePiece does).
+  // No BOS unless add_bos. O(n log n) in the text length.
+  std::vector<int32_t> encode(std::string_view text, bool add_bos = false) const;
+  // Text of ids, as sentencepiece's DecodeIds would produce it.
+  std::string decode(const std::vector<int32_t>& ids) const;
+
+  int vocab_size() const;
+  int32_t bos_id() const;
+  int32_t eos_id() const;
+  int32_t unk_id() const;
+  std::string_view piece(int32_t id) const;
+
+  ~Tokenizer();
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+
+ private:
+  struct Impl;
+  explicit Tokenizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  friend class StreamDecoder;
+};
+
+// Turns a stream of generated ids into text deltas that are always complete
+// UTF-8: byte-fallback pieces of one character are held until it is whole.
+// Concatenating every push() and the final flush() equals decode(all ids).
+class StreamDecoder {
+ public:
+  explicit StreamDecoder(const Tokenizer& tok);
+  std::string push(int32_t id);
+  // Whatever is still held (an incomplete character becomes U+FFFD).
+  std::string flush();
+
+ private:
+  const Tokenizer& tok_;
+  std::vector<int32_t> ids_;
+  size_t emitted_ = 0;  // bytes of decode(ids_) already returned
+};
+
+}  // namespace chatradio::model

@@ -1,0 +1,202 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "kernels/cpu/cpu_ops.h"
+#include "model/errors.h"
+#include "model/safetensors.h"
+
+namespace chatradio::model {
+
+namespace cpu = kernels::cpu;
+
+void Linear::apply(float* y, const float* x, int m) const { cpu::matmul(y, x, w.data(), m, out, in); }
+
+namespace {
+
+std::vector<float> read_f32(const Checkpoint& ckpt, const std::string& name,
+                            const std::vector<int64_t>& shape) {
+  const TensorView& t = ckpt.get(name, shape);
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  to_f32(out, t);
+  return out;
+}
+
+Linear read_linear(const Checkpoint& ckpt, const std::string& name, int out, int in) {
+  return Linear{out, in, read_f32(ckpt, name, {out, in})};
+}
+
+}  // namespace
+
+LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir) {
+  const Checkpoint ckpt(model_dir);
+  const int d = cfg.hidden_size, kv = cfg.kv_dim(), ff = cfg.intermediate_size;
+  LlamaWeights w;
+  w.embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
+  w.layers.resize(cfg.num_hidden_layers);
+  for (int l = 0; l < cfg.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& L = w.layers[l];
+    L.attn_norm = read_f32(ckpt, p + "input_layernorm.weight", {d});
+    L.q = read_linear(ckpt, p + "self_attn.q_proj.weight", d, d);
+    L.k = read_linear(ckpt, p + "self_attn.k_proj.weight", kv, d);
+    L.v = read_linear(ckpt, p + "self_attn.v_proj.weight", kv, d);
+    L.o = read_linear(ckpt, p + "self_attn.o_proj.weight", d, d);
+    L.ffn_norm = read_f32(ckpt, p + "post_attention_layernorm.weight", {d});
+    L.gate = read_linear(ckpt, p + "mlp.gate_proj.weight", ff, d);
+    L.up = read_linear(ckpt, p + "mlp.up_proj.weight", ff, d);
+    L.down = read_linear(ckpt, p + "mlp.down_proj.weight", d, ff);
+  }
+  w.final_norm = read_f32(ckpt, "model.norm.weight", {d});
+  if (cfg.tie_word_embeddings) {
+    w.lm_head = Linear{cfg.vocab_size, d, w.embed};
+  } else {
+    w.lm_head = read_linear(ckpt, "lm_head.weight", cfg.vocab_size, d);
+  }
+  return w;
+}
+
+CpuLlama::CpuLlama(LlamaConfig cfg, LlamaWeights weights, const CpuBackendOptions& opts)
+    : cfg_(cfg), w_(std::move(weights)), opts_(opts) {
+  if (opts_.n_kv_blocks <= 0 || opts_.kv_block_size <= 0) {
+    throw ModelError("KV cache needs a positive block count and block size");
+  }
+  const size_t pool = static_cast<size_t>(opts_.n_kv_blocks) * opts_.kv_block_size * cfg_.kv_dim();
+  k_cache_.assign(cfg_.num_hidden_layers, std::vector<float>(pool));
+  v_cache_.assign(cfg_.num_hidden_layers, std::vector<float>(pool));
+}
+
+std::unique_ptr<CpuLlama> CpuLlama::load(const std::string& model_dir, const CpuBackendOptions& opts) {
+  LlamaConfig cfg = load_llama_config(model_dir);
+  LlamaWeights w = load_llama_weights(cfg, model_dir);
+  return std::make_unique<CpuLlama>(cfg, std::move(w), opts);
+}
+
+void CpuLlama::validate(const Batch& batch, size_t logits_size) const {
+  if (batch.seqs.empty()) throw ModelError("batch has no sequences");
+  for (size_t i = 0; i < batch.seqs.size(); ++i) {
+    const SeqSlice& s = batch.seqs[i];
+    const std::string where = "batch sequence " + std::to_string(i) + ": ";
+    if (s.tokens.empty()) throw ModelError(where + "no tokens to compute");
+    if (s.start_pos < 0) throw ModelError(where + "negative start position");
+    const int64_t end = static_cast<int64_t>(s.start_pos) + static_cast<int64_t>(s.tokens.size());
+    if (end > cfg_.max_position_embeddings) {
+      throw ModelError(where + "position " + std::to_string(end - 1) + " beyond the model's " +
+                       std::to_string(cfg_.max_position_embeddings) + " positions");
+    }
+    const int64_t need = (end + opts_.kv_block_size - 1) / opts_.kv_block_size;
+    if (static_cast<int64_t>(s.blocks.size()) < need) {
+      throw ModelError(where + "needs " + std::to_string(need) + " KV blocks, has " +
+                       std::to_string(s.blocks.size()));
+    }
+    for (int32_t b : s.blocks) {
+      if (b < 0 || b >= opts_.n_kv_blocks) throw ModelError(where + "KV block id out of range");
+    }
+    for (int32_t t : s.tokens) {
+      if (t < 0 || t >= cfg_.vocab_size) {
+        throw ModelError(where + "token id " + std::to_string(t) + " outside the vocabulary");
+      }
+    }
+  }
+  const size_t rows = static_cast<size_t>(batch.n_logit_rows());
+  if (logits_size < rows * cfg_.vocab_size) throw ModelError("logits buffer too small for the batch");
+}
+
+void CpuLlama::forward(std::span<float> logits, const Batch& batch) {
+  validate(batch, logits.size());
+  const int d = cfg_.hidden_size, kv = cfg_.kv_dim(), ff = cfg_.intermediate_size;
+  const int n = batch.n_tokens(), n_seqs = static_cast<int>(batch.seqs.size());
+  const int bs = opts_.kv_block_size;
+  const kernels::AttnShape shape{cfg_.num_attention_heads, cfg_.num_key_value_heads,
+                                 cfg_.head_dim(), bs};
+  const kernels::RopeParams rope{cfg_.head_dim(), cfg_.rope_theta};
+
+  // Flatten the batch into the kernel-side arrays.
+  s_.tokens.resize(n);     // [n]
+  s_.positions.resize(n);  // [n]
+  s_.slots.resize(n);      // [n] block_id * block_size + offset
+  s_.q_start.resize(n_seqs + 1);
+  s_.ctx_len.resize(n_seqs);
+  int max_blocks = 0;
+  for (const SeqSlice& s : batch.seqs) max_blocks = std::max(max_blocks, static_cast<int>(s.blocks.size()));
+  s_.tables.assign(static_cast<size_t>(n_seqs) * max_blocks, 0);  // [n_seqs, max_blocks]
+  int row = 0;
+  for (int i = 0; i < n_seqs; ++i) {
+    const SeqSlice& s = batch.seqs[i];
+    s_.q_start[i] = row;
+    for (size_t j = 0; j < s.tokens.size(); ++j, ++row) {
+      const int pos = s.start_pos + static_cast<int>(j);
+      s_.tokens[row] = s.tokens[j];
+      s_.positions[row] = pos;
+      s_.slots[row] = s.blocks[pos / bs] * bs + pos % bs;
+    }
+    s_.ctx_len[i] = s.start_pos + static_cast<int>(s.tokens.size());
+    std::copy(s.blocks.begin(), s.blocks.end(), s_.tables.begin() + static_cast<size_t>(i) * max_blocks);
+  }
+  s_.q_start[n_seqs] = row;
+  const kernels::PagedBatch paged{n_seqs, s_.q_start.data(), s_.ctx_len.data(), s_.tables.data(),
+                                  max_blocks};
+
+  s_.x.resize(static_cast<size_t>(n) * d);     // [n, hidden] residual stream
+  s_.h.resize(static_cast<size_t>(n) * d);     // [n, hidden] normed input
+  s_.q.resize(static_cast<size_t>(n) * d);     // [n, n_heads * head_dim]
+  s_.k.resize(static_cast<size_t>(n) * kv);    // [n, kv_dim]
+  s_.v.resize(static_cast<size_t>(n) * kv);    // [n, kv_dim]
+  s_.att.resize(static_cast<size_t>(n) * d);   // [n, hidden] attention output
+  s_.gate.resize(static_cast<size_t>(n) * ff); // [n, inter]
+  s_.up.resize(static_cast<size_t>(n) * ff);   // [n, inter]
+
+  cpu::embedding(s_.x.data(), w_.embed.data(), s_.tokens.data(), n, d);
+  for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
+    const LayerWeights& L = w_.layers[l];
+    cpu::rmsnorm(s_.h.data(), s_.x.data(), L.attn_norm.data(), n, d, cfg_.rms_norm_eps);
+    L.q.apply(s_.q.data(), s_.h.data(), n);
+    L.k.apply(s_.k.data(), s_.h.data(), n);
+    L.v.apply(s_.v.data(), s_.h.data(), n);
+    cpu::rope(s_.q.data(), s_.positions.data(), n, cfg_.num_attention_heads, rope);
+    cpu::rope(s_.k.data(), s_.positions.data(), n, cfg_.num_key_value_heads, rope);
+    cpu::kv_write(k_cache_[l].data(), v_cache_[l].data(), s_.k.data(), s_.v.data(), s_.slots.data(), n,
+                  shape);
+    cpu::attention(s_.att.data(), s_.q.data(), k_cache_[l].data(), v_cache_[l].data(), paged, shape);
+    L.o.apply(s_.h.data(), s_.att.data(), n);
+    cpu::add(s_.x.data(), s_.x.data(), s_.h.data(), n * d);
+
+    cpu::rmsnorm(s_.h.data(), s_.x.data(), L.ffn_norm.data(), n, d, cfg_.rms_norm_eps);
+    L.gate.apply(s_.gate.data(), s_.h.data(), n);
+    L.up.apply(s_.up.data(), s_.h.data(), n);
+    cpu::swiglu(s_.gate.data(), s_.gate.data(), s_.up.data(), n * ff);
+    L.down.apply(s_.h.data(), s_.gate.data(), n);
+    cpu::add(s_.x.data(), s_.x.data(), s_.h.data(), n * d);
+  }
+
+  // Only the rows that need logits go through the final norm and lm_head: for
+  // generation that is one row per sequence, which saves vocab x hidden work per
+  // prompt token.
+  const int rows = batch.n_logit_rows();
+  s_.last.resize(static_cast<size_t>(rows) * d);  // [rows, hidden]
+  int out_row = 0;
+  for (int i = 0; i < n_seqs; ++i) {
+    const int first = batch.seqs[i].all_logits ? s_.q_start[i] : s_.q_start[i + 1] - 1;
+    const int count = s_.q_start[i + 1] - first;
+    std::memcpy(s_.last.data() + static_cast<size_t>(out_row) * d,
+                s_.x.data() + static_cast<size_t>(first) * d, sizeof(float) * count * d);
+    out_row += count;
+  }
+  cpu::rmsnorm(s_.last.data(), s_.last.data(), w_.final_norm.data(), rows, d, cfg_.rms_norm_eps);
+  w_.lm_head.apply(logits.data(), s_.last.data(), rows);
+}
+
+void CpuLlama::copy_kv_block(int dst, int src) {
+  if (dst < 0 || src < 0 || dst >= opts_.n_kv_blocks || src >= opts_.n_kv_blocks) {
+    throw ModelError("copy_kv_block: block id out of range");
+  }
+  const size_t block = static_cast<size_t>(opts_.kv_block_size) * cfg_.kv_dim();
+  for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
+    std::copy_n(k_cache_[l].begin() + src * block, block, k_cache_[l].begin() + dst * block);
+    std::copy_n(v_cache_[l].begin() + src * block, block, v_cache_[l].begin() + dst * block);
+  }
+}
+
+}  // namespace chatradio::model

@@ -1,0 +1,60 @@
+#include "server/cli/args.h"
+
+#include <cerrno>
+#include <cstdlib>
+
+namespace chatradio::cli {
+
+Args::Args(int argc, char** argv, const std::set<std::string>& valued,
+           const std::set<std::string>& flags) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + a + "'");
+    const std::string name = a.substr(2);
+    if (flags.count(name)) {
+      values_[name] = "";
+    } else if (valued.count(name)) {
+      if (i + 1 >= argc) throw UsageError("option --" + name + " needs a value");
+      values_[name] = argv[++i];
+    } else {
+      throw UsageError("unknown option --" + name);
+    }
+  }
+}
+
+std::string Args::str(const std::string& name) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) throw UsageError("missing required option --" + name);
+  return it->second;
+}
+
+std::string Args::str(const std::string& name, const std::string& fallback) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? fallback : it->second;
+}
+
+long long Args::integer(const std::string& name, long long fallback, long long lo, long long hi) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(it->second.c_str(), &end, 10);
+  if (it->second.empty() || *end != '\0' || errno == ERANGE || v < lo || v > hi) {
+    throw UsageError("--" + name + " must be an integer in [" + std::to_string(lo) + ", " +
+                     std::to_string(hi) + "], got '" + it->second + "'");
+  }
+  return v;
+}
+
+double Args::number(const std::string& name, double fallback) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) return fallback;
+  char* end = nullptr;
+  const double v = std::strtod(it->second.c_str(), &end);
+  if (it->second.empty() || *end != '\0') {
+    throw UsageError("--" + name + " must be a number, got '" + it->second + "'");
+  }
+  return v;
+}
+
+}  // namespace chatradio::cli

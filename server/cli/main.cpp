@@ -1,0 +1,34 @@
+// `chatradio`: the command-line front end (generate, tokenize, ...).
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "server/cli/commands.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: chatradio <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  generate   continue a prompt with a model (CPU backend)\n"
+    "             --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K]\n"
+    "             [--top-p P] [--repetition-penalty R] [--seed S] [--ids]\n"
+    "  tokenize   print the token ids of a text\n"
+    "             --tokenizer FILE (--text T | --file F) [--bos]\n"
+    "\n"
+    "Run 'chatradio <command> --help' for details.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "generate") return chatradio::cli::cmd_generate(argc - 1, argv + 1);
+  if (cmd == "tokenize") return chatradio::cli::cmd_tokenize(argc - 1, argv + 1);
+  std::fprintf(stderr, "chatradio: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+  return 2;
+}

@@ -53,14 +53,12 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   work_.assign(logits.begin(), logits.end());
   if (p_.repetition_penalty != 1.0f) {
     // Each distinct seen token is penalised once (HF semantics), whatever its count.
+    seen_.assign(vocab, 0);
     for (int32_t t : history) {
-      if (t < 0 || t >= vocab) continue;
+      if (t < 0 || t >= vocab || seen_[t]) continue;
+      seen_[t] = 1;
       float& l = work_[t];
-      if (std::isnan(l)) continue;
-      const float orig = logits[t];
-      // Only apply once: compare with the untouched logit.
-      if (l != orig) continue;
-      l = orig > 0 ? orig / p_.repetition_penalty : orig * p_.repetition_penalty;
+      l = l > 0 ? l / p_.repetition_penalty : l * p_.repetition_penalty;
     }
   }
   if (p_.temperature == 0.0f) {

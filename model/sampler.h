@@ -47,6 +47,7 @@ class Sampler {
   // Scratch reused across calls: no per-token allocation once warm.
   std::vector<float> work_;     // [vocab] adjusted logits
   std::vector<int32_t> order_;  // [vocab] candidate ids
+  std::vector<uint8_t> seen_;   // [vocab] repetition-penalty marks
 };
 
 }  // namespace chatradio::model

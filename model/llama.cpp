@@ -6,13 +6,33 @@
 
 #include "kernels/cpu/cpu_ops.h"
 #include "model/errors.h"
+#include "model/gptq.h"
+#include "model/quantize_config.h"
 #include "model/safetensors.h"
 
 namespace chatradio::model {
 
 namespace cpu = kernels::cpu;
 
-void Linear::apply(float* y, const float* x, int m) const { cpu::matmul(y, x, w.data(), m, out, in); }
+void Linear::apply(float* y, const float* x, int m, kernels::cpu::ThreadPool* pool) const {
+  if (is_int4()) {
+    cpu::matmul_q4(y, x, q4, m, pool);
+  } else {
+    cpu::matmul(y, x, w.data(), m, out, in, pool);
+  }
+}
+
+size_t Linear::bytes() const { return is_int4() ? q4.weight_bytes() : w.size() * sizeof(float); }
+
+size_t LlamaWeights::bytes() const {
+  size_t b = embed.size() * sizeof(float) + embed_f16.size() * sizeof(uint16_t) +
+             final_norm.size() * sizeof(float) + lm_head.bytes();
+  for (const LayerWeights& L : layers) {
+    b += (L.attn_norm.size() + L.ffn_norm.size()) * sizeof(float);
+    for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) b += l->bytes();
+  }
+  return b;
+}
 
 namespace {
 
@@ -24,37 +44,84 @@ std::vector<float> read_f32(const Checkpoint& ckpt, const std::string& name,
   return out;
 }
 
-Linear read_linear(const Checkpoint& ckpt, const std::string& name, int out, int in) {
-  return Linear{out, in, read_f32(ckpt, name, {out, in})};
-}
+// Reads linear `prefix` (without ".weight") in whichever form the checkpoint
+// holds and the options ask for.
+class LinearReader {
+ public:
+  LinearReader(const Checkpoint& ckpt, const LoadOptions& opts)
+      : ckpt_(ckpt), gptq_(is_gptq_checkpoint(ckpt.dir())), opts_(opts) {
+    if (gptq_) qcfg_ = load_quantize_config(ckpt.dir());
+  }
+  bool int4() const { return gptq_ || opts_.format == WeightFormat::kInt4; }
+
+  Linear read(const std::string& prefix, int out, int in) const {
+    Linear l{out, in, {}, {}};
+    if (gptq_ && ckpt_.has(prefix + ".qweight")) {
+      const GptqShape shape = gptq_shape(in, out, qcfg_.group_size);
+      const TensorView* g_idx = ckpt_.has(prefix + ".g_idx") ? &ckpt_.get(prefix + ".g_idx") : nullptr;
+      l.q4 = gptq_to_q4(gptq_view(prefix, ckpt_.get(prefix + ".qweight"), ckpt_.get(prefix + ".qzeros"),
+                                  ckpt_.get(prefix + ".scales"), g_idx, shape));
+      return l;
+    }
+    std::vector<float> w = read_f32(ckpt_, prefix + ".weight", {out, in});
+    if (int4()) return quantized(prefix, std::move(w), out, in);
+    l.w = std::move(w);
+    return l;
+  }
+
+  // Int4 models quantize float weights they meet (lm_head of a GPTQ
+  // checkpoint, everything with --quantize int4) with the same RTN grid.
+  Linear quantized(const std::string& prefix, std::vector<float> w, int out, int in) const {
+    const int group = gptq_ ? qcfg_.group_size : opts_.group_size;
+    const GptqTensors t = gptq_quantize(w.data(), out, in, group, /*sym=*/false);
+    Linear l{out, in, {}, {}};
+    l.q4 = gptq_to_q4(gptq_view_of(t, prefix));
+    return l;
+  }
+
+ private:
+  const Checkpoint& ckpt_;
+  bool gptq_;
+  QuantizeConfig qcfg_;
+  const LoadOptions& opts_;
+};
 
 }  // namespace
 
-LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir) {
+LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir, const LoadOptions& opts) {
   const Checkpoint ckpt(model_dir);
+  const LinearReader reader(ckpt, opts);
   const int d = cfg.hidden_size, kv = cfg.kv_dim(), ff = cfg.intermediate_size;
   LlamaWeights w;
-  w.embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
+  {
+    std::vector<float> embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
+    if (cfg.tie_word_embeddings) {
+      w.lm_head = reader.int4() ? reader.quantized("lm_head", embed, cfg.vocab_size, d)
+                                : Linear{cfg.vocab_size, d, embed, {}};
+    }
+    if (reader.int4()) {
+      w.embed_f16.resize(embed.size());
+      for (size_t i = 0; i < embed.size(); ++i) w.embed_f16[i] = f32_to_f16(embed[i]);
+    } else {
+      w.embed = std::move(embed);
+    }
+  }
   w.layers.resize(cfg.num_hidden_layers);
   for (int l = 0; l < cfg.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights& L = w.layers[l];
     L.attn_norm = read_f32(ckpt, p + "input_layernorm.weight", {d});
-    L.q = read_linear(ckpt, p + "self_attn.q_proj.weight", d, d);
-    L.k = read_linear(ckpt, p + "self_attn.k_proj.weight", kv, d);
-    L.v = read_linear(ckpt, p + "self_attn.v_proj.weight", kv, d);
-    L.o = read_linear(ckpt, p + "self_attn.o_proj.weight", d, d);
+    L.q = reader.read(p + "self_attn.q_proj", d, d);
+    L.k = reader.read(p + "self_attn.k_proj", kv, d);
+    L.v = reader.read(p + "self_attn.v_proj", kv, d);
+    L.o = reader.read(p + "self_attn.o_proj", d, d);
     L.ffn_norm = read_f32(ckpt, p + "post_attention_layernorm.weight", {d});
-    L.gate = read_linear(ckpt, p + "mlp.gate_proj.weight", ff, d);
-    L.up = read_linear(ckpt, p + "mlp.up_proj.weight", ff, d);
-    L.down = read_linear(ckpt, p + "mlp.down_proj.weight", d, ff);
+    L.gate = reader.read(p + "mlp.gate_proj", ff, d);
+    L.up = reader.read(p + "mlp.up_proj", ff, d);
+    L.down = reader.read(p + "mlp.down_proj", d, ff);
   }
   w.final_norm = read_f32(ckpt, "model.norm.weight", {d});
-  if (cfg.tie_word_embeddings) {
-    w.lm_head = Linear{cfg.vocab_size, d, w.embed};
-  } else {
-    w.lm_head = read_linear(ckpt, "lm_head.weight", cfg.vocab_size, d);
-  }
+  if (!cfg.tie_word_embeddings) w.lm_head = reader.read("lm_head", cfg.vocab_size, d);
   return w;
 }
 
@@ -63,14 +130,17 @@ CpuLlama::CpuLlama(LlamaConfig cfg, LlamaWeights weights, const CpuBackendOption
   if (opts_.n_kv_blocks <= 0 || opts_.kv_block_size <= 0) {
     throw ModelError("KV cache needs a positive block count and block size");
   }
+  if (opts_.n_threads < 1) throw ModelError("CPU backend needs at least one thread");
+  pool_ = std::make_unique<kernels::cpu::ThreadPool>(opts_.n_threads);
   const size_t pool = static_cast<size_t>(opts_.n_kv_blocks) * opts_.kv_block_size * cfg_.kv_dim();
   k_cache_.assign(cfg_.num_hidden_layers, std::vector<float>(pool));
   v_cache_.assign(cfg_.num_hidden_layers, std::vector<float>(pool));
 }
 
-std::unique_ptr<CpuLlama> CpuLlama::load(const std::string& model_dir, const CpuBackendOptions& opts) {
+std::unique_ptr<CpuLlama> CpuLlama::load(const std::string& model_dir, const CpuBackendOptions& opts,
+                                         const LoadOptions& load) {
   LlamaConfig cfg = load_llama_config(model_dir);
-  LlamaWeights w = load_llama_weights(cfg, model_dir);
+  LlamaWeights w = load_llama_weights(cfg, model_dir, load);
   return std::make_unique<CpuLlama>(cfg, std::move(w), opts);
 }
 
@@ -148,26 +218,31 @@ void CpuLlama::forward(std::span<float> logits, const Batch& batch) {
   s_.gate.resize(static_cast<size_t>(n) * ff); // [n, inter]
   s_.up.resize(static_cast<size_t>(n) * ff);   // [n, inter]
 
-  cpu::embedding(s_.x.data(), w_.embed.data(), s_.tokens.data(), n, d);
+  if (w_.embed_f16.empty()) {
+    cpu::embedding(s_.x.data(), w_.embed.data(), s_.tokens.data(), n, d);
+  } else {
+    cpu::embedding_f16(s_.x.data(), w_.embed_f16.data(), s_.tokens.data(), n, d);
+  }
+  kernels::cpu::ThreadPool* pool = pool_.get();
   for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
     const LayerWeights& L = w_.layers[l];
     cpu::rmsnorm(s_.h.data(), s_.x.data(), L.attn_norm.data(), n, d, cfg_.rms_norm_eps);
-    L.q.apply(s_.q.data(), s_.h.data(), n);
-    L.k.apply(s_.k.data(), s_.h.data(), n);
-    L.v.apply(s_.v.data(), s_.h.data(), n);
+    L.q.apply(s_.q.data(), s_.h.data(), n, pool);
+    L.k.apply(s_.k.data(), s_.h.data(), n, pool);
+    L.v.apply(s_.v.data(), s_.h.data(), n, pool);
     cpu::rope(s_.q.data(), s_.positions.data(), n, cfg_.num_attention_heads, rope);
     cpu::rope(s_.k.data(), s_.positions.data(), n, cfg_.num_key_value_heads, rope);
     cpu::kv_write(k_cache_[l].data(), v_cache_[l].data(), s_.k.data(), s_.v.data(), s_.slots.data(), n,
                   shape);
-    cpu::attention(s_.att.data(), s_.q.data(), k_cache_[l].data(), v_cache_[l].data(), paged, shape);
-    L.o.apply(s_.h.data(), s_.att.data(), n);
+    cpu::attention(s_.att.data(), s_.q.data(), k_cache_[l].data(), v_cache_[l].data(), paged, shape, pool);
+    L.o.apply(s_.h.data(), s_.att.data(), n, pool);
     cpu::add(s_.x.data(), s_.x.data(), s_.h.data(), n * d);
 
     cpu::rmsnorm(s_.h.data(), s_.x.data(), L.ffn_norm.data(), n, d, cfg_.rms_norm_eps);
-    L.gate.apply(s_.gate.data(), s_.h.data(), n);
-    L.up.apply(s_.up.data(), s_.h.data(), n);
+    L.gate.apply(s_.gate.data(), s_.h.data(), n, pool);
+    L.up.apply(s_.up.data(), s_.h.data(), n, pool);
     cpu::swiglu(s_.gate.data(), s_.gate.data(), s_.up.data(), n * ff);
-    L.down.apply(s_.h.data(), s_.gate.data(), n);
+    L.down.apply(s_.h.data(), s_.gate.data(), n, pool);
     cpu::add(s_.x.data(), s_.x.data(), s_.h.data(), n * d);
   }
 
@@ -185,7 +260,7 @@ void CpuLlama::forward(std::span<float> logits, const Batch& batch) {
     out_row += count;
   }
   cpu::rmsnorm(s_.last.data(), s_.last.data(), w_.final_norm.data(), rows, d, cfg_.rms_norm_eps);
-  w_.lm_head.apply(logits.data(), s_.last.data(), rows);
+  w_.lm_head.apply(logits.data(), s_.last.data(), rows, pool);
 }
 
 void CpuLlama::copy_kv_block(int dst, int src) {

@@ -1,23 +1,30 @@
-// The Llama architecture on the CPU ops: weights held as float32 (F16/BF16
-// checkpoints convert at load), a paged KV cache pool, and a batched forward pass
-// over model::Batch. This is the reference every other backend is checked against.
+// The Llama architecture on the CPU ops: a paged KV cache pool and a batched
+// forward pass over model::Batch. Linear weights are float32 (F16/BF16
+// checkpoints convert at load) or int4 (GPTQ checkpoints, or float ones
+// quantized at load); the float path is the reference every other backend is
+// checked against.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/q4.h"
+#include "kernels/cpu/thread_pool.h"
 #include "model/backend.h"
 #include "model/config.h"
 
 namespace chatradio::model {
 
-// y[m, out] = x[m, in] · Wᵀ with W[out, in].
+// y[m, out] = x[m, in] · Wᵀ with W[out, in], float or int4.
 struct Linear {
   int out = 0, in = 0;
-  std::vector<float> w;  // [out, in]
+  std::vector<float> w;       // [out, in] when float
+  kernels::cpu::Q4Matrix q4;  // when int4 (q4.n > 0)
 
-  void apply(float* y, const float* x, int m) const;
+  bool is_int4() const { return q4.n > 0; }
+  void apply(float* y, const float* x, int m, kernels::cpu::ThreadPool* pool) const;
+  size_t bytes() const;  // weight bytes streamed per apply
 };
 
 struct LayerWeights {
@@ -28,26 +35,47 @@ struct LayerWeights {
 };
 
 struct LlamaWeights {
-  std::vector<float> embed;  // [vocab, hidden]
+  // Exactly one of the two is filled: f16 keeps a 7B table at 262 MB.
+  std::vector<float> embed;         // [vocab, hidden]
+  std::vector<uint16_t> embed_f16;  // [vocab, hidden] IEEE half
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // [hidden]
-  Linear lm_head;                 // [vocab, hidden]; a copy of embed when tied
+  Linear lm_head;                 // [vocab, hidden]; from embed when tied
+
+  size_t bytes() const;  // resident weight bytes
 };
 
-// Reads config.json and the safetensors of a Hugging Face Llama directory.
-// Throws ModelError naming the file/tensor on any problem.
-LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir);
+enum class WeightFormat {
+  kAsStored,  // float checkpoints stay float32, GPTQ ones int4
+  kInt4,      // float checkpoints are quantized to int4 at load (RTN, asymmetric)
+};
+
+struct LoadOptions {
+  WeightFormat format = WeightFormat::kAsStored;
+  int group_size = 128;  // for kInt4
+};
+
+// Reads a Hugging Face Llama directory: config.json and safetensors, float
+// (F32/F16/BF16) or GPTQ int4 (quantize_config.json present). With int4
+// weights the embedding table is kept in f16 and lm_head in int4 (quantized at
+// load when the checkpoint stores it in float). Throws ModelError naming the
+// file/tensor on any problem.
+LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir,
+                                const LoadOptions& opts = {});
 
 struct CpuBackendOptions {
   int n_kv_blocks = 256;  // KV pool size in blocks
   int kv_block_size = 16;
+  int n_threads = 1;      // including the calling thread
 };
 
 class CpuLlama final : public Backend {
  public:
   CpuLlama(LlamaConfig cfg, LlamaWeights weights, const CpuBackendOptions& opts);
   // Loads a model directory (config.json + safetensors).
-  static std::unique_ptr<CpuLlama> load(const std::string& model_dir, const CpuBackendOptions& opts);
+  static std::unique_ptr<CpuLlama> load(const std::string& model_dir, const CpuBackendOptions& opts,
+                                        const LoadOptions& load = {});
+  const LlamaWeights& weights() const { return w_; }
 
   const LlamaConfig& config() const override { return cfg_; }
   int n_kv_blocks() const override { return opts_.n_kv_blocks; }
@@ -61,6 +89,7 @@ class CpuLlama final : public Backend {
   LlamaConfig cfg_;
   LlamaWeights w_;
   CpuBackendOptions opts_;
+  std::unique_ptr<kernels::cpu::ThreadPool> pool_;
   // Per layer: [n_kv_blocks, block_size, n_kv_heads, head_dim].
   std::vector<std::vector<float>> k_cache_, v_cache_;
 

@@ -9,15 +9,23 @@
 #include "kernels/ops.h"
 
 namespace chatradio::kernels::cpu {
+class ThreadPool;
+}
+
+namespace chatradio::kernels::cpu {
 
 // out[n_tokens, dim] = table[ids[t], :]. Ids must be in [0, vocab); the caller validates.
 void embedding(float* out, const float* table, const int32_t* ids, int n_tokens, int dim);
+// Same from an IEEE-half table [vocab, dim] (int4 models keep the table in f16).
+void embedding_f16(float* out, const uint16_t* table, const int32_t* ids, int n_tokens, int dim);
 
 // out[rows, dim] = x / sqrt(mean(x²) + eps) * weight. out may alias x.
 void rmsnorm(float* out, const float* x, const float* weight, int rows, int dim, float eps);
 
 // out[m, n] = x[m, k] · w[n, k]ᵀ (HF linear layout). out must not alias x.
-void matmul(float* out, const float* x, const float* w, int m, int n, int k);
+// With a pool, columns are split across threads; each element's summation order
+// is fixed, so the result is bitwise the same for any m, pool or thread count.
+void matmul(float* out, const float* x, const float* w, int m, int n, int k, ThreadPool* pool = nullptr);
 
 // In place on x[n_tokens, n_heads, head_dim]: rotate each head of token t by
 // positions[t] (HF rotate_half convention).
@@ -32,8 +40,10 @@ void kv_write(float* k_cache, float* v_cache, const float* k, const float* v, co
 // Causal grouped-query attention of the batch's new tokens over the paged cache.
 // out: [n_q, n_heads * head_dim]; q: [n_q, n_heads * head_dim] (RoPE applied),
 // n_q = batch.q_start[batch.n_seqs]. Softmax scale is 1/sqrt(head_dim).
+// With a pool, (query, head) pairs are split across threads; each pair's math
+// is the same whatever the split, so results are bitwise identical.
 void attention(float* out, const float* q, const float* k_cache, const float* v_cache,
-               const PagedBatch& batch, const AttnShape& shape);
+               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool = nullptr);
 
 // out[n] = silu(gate[n]) * up[n]. out may alias gate or up.
 void swiglu(float* out, const float* gate, const float* up, int n);

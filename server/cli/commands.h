@@ -7,5 +7,6 @@ namespace chatradio::cli {
 
 int cmd_generate(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
+int cmd_perplexity(int argc, char** argv);
 
 }  // namespace chatradio::cli

@@ -16,6 +16,8 @@ constexpr const char* kUsage =
     "             [--top-p P] [--repetition-penalty R] [--seed S] [--ids]\n"
     "  tokenize   print the token ids of a text\n"
     "             --tokenizer FILE (--text T | --file F) [--bos]\n"
+    "  perplexity perplexity of a text, float and int4 side by side\n"
+    "             --model DIR --text FILE [--reference DIR] [--window N] [--threads N]\n"
     "\n"
     "Run 'chatradio <command> --help' for details.\n";
 
@@ -29,6 +31,7 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   if (cmd == "generate") return chatradio::cli::cmd_generate(argc - 1, argv + 1);
   if (cmd == "tokenize") return chatradio::cli::cmd_tokenize(argc - 1, argv + 1);
+  if (cmd == "perplexity") return chatradio::cli::cmd_perplexity(argc - 1, argv + 1);
   std::fprintf(stderr, "chatradio: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

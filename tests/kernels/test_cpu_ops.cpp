@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace chatradio::kernels::cpu {
 namespace {
@@ -60,6 +61,20 @@ TEST(CpuOps, MatmulOddShapes) {
         for (int p = 0; p < k; ++p) s += double(x[i * k + p]) * w[j * k + p];
         EXPECT_NEAR(out[i * n + j], s, 1e-4 * std::sqrt(double(k)) + 1e-5);
       }
+  }
+}
+
+TEST(CpuOps, ThreadedMatmulIsBitwiseTheSameForAnyM) {
+  ThreadPool pool(2);
+  const int n = 173, k = 301;
+  const auto x = randn(9 * k, 5), w = randn(n * k, 6);
+  std::vector<float> all(9 * n), one(n), threaded(9 * n);
+  matmul(all.data(), x.data(), w.data(), 9, n, k);
+  matmul(threaded.data(), x.data(), w.data(), 9, n, k, &pool);
+  EXPECT_EQ(all, threaded);
+  for (int i = 0; i < 9; ++i) {
+    matmul(one.data(), x.data() + i * k, w.data(), 1, n, k, &pool);
+    EXPECT_TRUE(std::equal(one.begin(), one.end(), all.begin() + i * n)) << "row " << i;
   }
 }
 
@@ -122,6 +137,10 @@ TEST(CpuOps, PagedAttentionEqualsDenseCausal) {
     const std::vector<int32_t> ctx32(ctx.begin(), ctx.end());
     const PagedBatch batch{3, q_start.data(), ctx32.data(), flat.data(), max_blocks};
     attention(out.data(), q.data(), kc.data(), vc.data(), batch, shape);
+    ThreadPool pool(2);
+    std::vector<float> threaded(out.size());
+    attention(threaded.data(), q.data(), kc.data(), vc.data(), batch, shape, &pool);
+    EXPECT_EQ(out, threaded);
     for (int s = 0; s < 3; ++s)
       for (int j = 0; j < n_new[s]; ++j) {
         const int pos = ctx[s] - n_new[s] + j;

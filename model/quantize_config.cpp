@@ -1,0 +1,77 @@
+#include "model/quantize_config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "model/errors.h"
+
+namespace chatradio::model {
+
+QuantizeConfig parse_quantize_config(const std::string& json_text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelError(source + ": invalid JSON: " + e.what());
+  }
+  if (!j.is_object()) throw ModelError(source + ": not a JSON object");
+  QuantizeConfig c;
+  auto field = [&](const char* key, auto* dst) {
+    if (!j.contains(key) || j[key].is_null()) return;
+    try {
+      *dst = j[key].get<std::remove_pointer_t<decltype(dst)>>();
+    } catch (const nlohmann::json::exception&) {
+      throw ModelError(source + ": field '" + key + "' has the wrong type: " + j[key].dump());
+    }
+  };
+  field("bits", &c.bits);
+  field("group_size", &c.group_size);
+  field("sym", &c.sym);
+  field("desc_act", &c.desc_act);
+  field("lm_head", &c.lm_head);
+  if (c.bits != 4) throw ModelError(source + ": field 'bits' = " + std::to_string(c.bits) + ": only 4-bit is supported");
+  if (c.group_size != -1 && (c.group_size <= 0 || c.group_size % 32 != 0)) {
+    throw ModelError(source + ": field 'group_size' = " + std::to_string(c.group_size) +
+                     ": must be -1 or a positive multiple of 32");
+  }
+  for (const char* key : {"checkpoint_format", "quant_method"}) {
+    if (!j.contains(key) || !j[key].is_string()) continue;
+    const std::string v = j[key];
+    if (v != "gptq") {
+      throw ModelError(source + ": field '" + key + "' = \"" + v + "\": only the GPTQ v1 format (\"gptq\") is supported");
+    }
+  }
+  return c;
+}
+
+std::string quantize_config_json(const QuantizeConfig& c) {
+  nlohmann::ordered_json j;
+  j["bits"] = c.bits;
+  j["group_size"] = c.group_size;
+  j["damp_percent"] = 0.01;
+  j["desc_act"] = c.desc_act;
+  j["static_groups"] = false;
+  j["sym"] = c.sym;
+  j["true_sequential"] = true;
+  j["lm_head"] = c.lm_head;
+  j["quant_method"] = "gptq";
+  j["checkpoint_format"] = "gptq";
+  return j.dump(2) + "\n";
+}
+
+bool is_gptq_checkpoint(const std::string& model_dir) {
+  return std::filesystem::exists(model_dir + "/quantize_config.json");
+}
+
+QuantizeConfig load_quantize_config(const std::string& model_dir) {
+  const std::string path = model_dir + "/quantize_config.json";
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw ModelError(path + ": cannot open");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_quantize_config(ss.str(), path);
+}
+
+}  // namespace chatradio::model

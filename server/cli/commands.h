@@ -8,5 +8,7 @@ namespace chatradio::cli {
 int cmd_generate(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_perplexity(int argc, char** argv);
+int cmd_quantize(int argc, char** argv);
+int cmd_synth(int argc, char** argv);
 
 }  // namespace chatradio::cli

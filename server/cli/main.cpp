@@ -18,6 +18,10 @@ constexpr const char* kUsage =
     "             --tokenizer FILE (--text T | --file F) [--bos]\n"
     "  perplexity perplexity of a text, float and int4 side by side\n"
     "             --model DIR --text FILE [--reference DIR] [--window N] [--threads N]\n"
+    "  quantize   write a GPTQ int4 checkpoint from a float one (optionally merging a LoRA)\n"
+    "             --model DIR --out DIR [--lora DIR] [--group-size N] [--sym]\n"
+    "  synth      write a random-weight checkpoint of a real model's shape\n"
+    "             --shape llama2-7b|tinyllama-1.1b|... --out DIR [--format int4|f16] [--seed S]\n"
     "\n"
     "Run 'chatradio <command> --help' for details.\n";
 
@@ -32,6 +36,8 @@ int main(int argc, char** argv) {
   if (cmd == "generate") return chatradio::cli::cmd_generate(argc - 1, argv + 1);
   if (cmd == "tokenize") return chatradio::cli::cmd_tokenize(argc - 1, argv + 1);
   if (cmd == "perplexity") return chatradio::cli::cmd_perplexity(argc - 1, argv + 1);
+  if (cmd == "quantize") return chatradio::cli::cmd_quantize(argc - 1, argv + 1);
+  if (cmd == "synth") return chatradio::cli::cmd_synth(argc - 1, argv + 1);
   std::fprintf(stderr, "chatradio: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

@@ -1,0 +1,121 @@
+// End-to-end CPU backend speed on one sequence: load, prefill tok/s, decode
+// tok/s at context 0 and at a given context, peak RSS. Prints one markdown
+// table row per run so results paste into bench/README.md.
+//
+// usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N]
+//                      [--context N] [--quantize int4]
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace {
+
+using chatradio::model::Batch;
+using chatradio::model::CpuLlama;
+using chatradio::model::SeqSlice;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double peak_rss_gb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1e6;  // KiB -> GB (decimal)
+}
+
+struct Runner {
+  CpuLlama& llama;
+  std::vector<float> logits;
+  std::vector<int32_t> blocks;
+
+  // Runs `tokens` at positions [start, start + n) with logits for the last one.
+  void step(const std::vector<int32_t>& tokens, int start) {
+    Batch b{{SeqSlice{tokens, start, blocks, false}}};
+    llama.forward(logits, b);
+  }
+  // Decodes n tokens after `ctx` cached ones; returns tokens/s.
+  double decode(int ctx, int n) {
+    int32_t tok = 1;
+    const auto t0 = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      step({tok}, ctx + i);
+      tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    }
+    return n / seconds_since(t0);
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dir;
+  int threads = 1, prefill = 256, decode = 32, context = 256;
+  bool quantize = false;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i], v = argv[i + 1];
+    if (a == "--model") dir = v;
+    else if (a == "--threads") threads = std::atoi(v.c_str());
+    else if (a == "--prefill") prefill = std::atoi(v.c_str());
+    else if (a == "--decode") decode = std::atoi(v.c_str());
+    else if (a == "--context") context = std::atoi(v.c_str());
+    else if (a == "--quantize" && v == "int4") quantize = true;
+    else {
+      std::fprintf(stderr, "unknown option %s\n", a.c_str());
+      return 2;
+    }
+  }
+  if (dir.empty()) {
+    std::fprintf(stderr, "usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N] [--context N] [--quantize int4]\n");
+    return 2;
+  }
+  try {
+    chatradio::model::CpuBackendOptions opts;
+    opts.n_threads = threads;
+    const int positions = std::max(prefill, context) + decode + 1;
+    opts.n_kv_blocks = (positions + opts.kv_block_size - 1) / opts.kv_block_size;
+    chatradio::model::LoadOptions load;
+    if (quantize) load.format = chatradio::model::WeightFormat::kInt4;
+    const auto t0 = Clock::now();
+    auto llama = CpuLlama::load(dir, opts, load);
+    const double load_s = seconds_since(t0);
+    Runner r{*llama, std::vector<float>(llama->config().vocab_size), std::vector<int32_t>(opts.n_kv_blocks)};
+    std::iota(r.blocks.begin(), r.blocks.end(), 0);
+
+    r.decode(0, 2);  // warm-up: page in weights, grow scratch
+    const double decode0 = r.decode(0, decode);
+
+    std::vector<int32_t> prompt(prefill);
+    const int vocab = llama->config().vocab_size;
+    for (int i = 0; i < prefill; ++i) prompt[i] = 3 + (i * 7919) % (vocab - 3);
+    prompt[0] = 1;
+    const auto tp = Clock::now();
+    r.step(prompt, 0);
+    const double prefill_tps = prefill / seconds_since(tp);
+
+    // Fill the cache up to `context` (beyond the prefill, by more prefill).
+    for (int pos = prefill; pos < context; pos += 64) {
+      const int n = std::min(64, context - pos);
+      r.step(std::vector<int32_t>(prompt.begin(), prompt.begin() + n), pos);
+    }
+    const double decode_ctx = r.decode(context, decode);
+
+    std::printf("| %s | %d | %.1f | %.2f | %.2f (ctx %d) | %.1f (%d tok) | %.2f | %.2f |\n",
+                dir.c_str(), threads, llama->weights().bytes() / 1e9, decode0, decode_ctx, context,
+                prefill_tps, prefill, peak_rss_gb(), load_s);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_cpu_e2e: %s\n", e.what());
+    return 1;
+  }
+}

@@ -11,6 +11,7 @@
 
 namespace chatradio::model {
 
+// Immutable once loaded: const members may be called from many threads.
 class Tokenizer {
  public:
   // Throws ModelError for unreadable files, non-BPE models and normalizers we
@@ -20,13 +21,16 @@ class Tokenizer {
   // Ids of `text` (UTF-8; invalid bytes are treated as SentencePiece does).
   // No BOS unless add_bos. O(n log n) in the text length.
   std::vector<int32_t> encode(std::string_view text, bool add_bos = false) const;
-  // Text of ids, as sentencepiece's DecodeIds would produce it.
+  // Text of ids, as sentencepiece's DecodeIds would produce it. An id outside
+  // the vocabulary renders like <unk> (" ⁇ ") where spm would fail the call.
   std::string decode(const std::vector<int32_t>& ids) const;
 
   int vocab_size() const;
+  // -1 when the model defines no such control piece, as spm reports it.
   int32_t bos_id() const;
   int32_t eos_id() const;
   int32_t unk_id() const;
+  // The piece text ("▁the", "<0x0A>"); empty for an id outside the vocabulary.
   std::string_view piece(int32_t id) const;
 
   ~Tokenizer();
@@ -43,6 +47,7 @@ class Tokenizer {
 // Turns a stream of generated ids into text deltas that are always complete
 // UTF-8: byte-fallback pieces of one character are held until it is whole.
 // Concatenating every push() and the final flush() equals decode(all ids).
+// Holds a reference to `tok`, which must outlive it.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tok);
@@ -51,9 +56,16 @@ class StreamDecoder {
   std::string flush();
 
  private:
+  friend class Tokenizer;  // decode() runs the same machine, so the two always agree
+  void append(std::string& dst, int32_t id);
+  void release_bytes(std::string& dst, bool final);
+
+  // O(1) state per token instead of re-decoding the whole prefix:
   const Tokenizer& tok_;
-  std::vector<int32_t> ids_;
-  size_t emitted_ = 0;  // bytes of decode(ids_) already returned
+  std::string held_;         // byte-fallback bytes of a character not yet complete
+  bool at_start_ = true;     // a leading U+2581 of the next piece is the dummy prefix
+  bool stripped_ws_ = false;  // the previous piece gave up its dummy prefix
+  bool wrote_text_ = false;  // any text emitted so far
 };
 
 }  // namespace chatradio::model

@@ -1,0 +1,408 @@
+// Int4 matmul: GPTQ repacking, ISA dispatch, the driver, and the scalar path
+// (the portable fallback, and the reference the SIMD paths equal bit for bit).
+// Built with -ffp-contract=off (kernels/CMakeLists.txt) so no a*b+c below is
+// fused behind our back: the float op sequence must match the SIMD files.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/q4.h"
+
+namespace chatradio::kernels::cpu {
+namespace {
+
+// Checkpoint data may be unaligned (mmapped safetensors): read through memcpy.
+int32_t load_i32(const void* base, int64_t index) {
+  int32_t v;
+  std::memcpy(&v, static_cast<const uint8_t*>(base) + index * 4, 4);
+  return v;
+}
+uint16_t load_u16(const void* base, int64_t index) {
+  uint16_t v;
+  std::memcpy(&v, static_cast<const uint8_t*>(base) + index * 2, 2);
+  return v;
+}
+
+uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+detail::Q4WeightsRef weights_ref(const Q4Matrix& w) {
+  return {w.nibbles(), w.scales.data(), w.zeros.data(), w.perm.empty() ? nullptr : w.perm.data(),
+          w.n,         w.k,             w.n_panels,     w.k_blocks,
+          w.group_blocks, w.n_groups};
+}
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("q4_from_gptq: " + msg); }
+
+#if defined(__x86_64__) || defined(__i386__)
+bool cpu_has_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+bool cpu_has_avx512vnni() {
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+#endif
+
+// Quantizes one block of 32 activations exactly as the SIMD paths do:
+// d = amax/127, xq = round-half-even(x * (127/amax)). Returns Σ xq.
+int32_t quant_block(int8_t* xq /*[32]*/, float* d, const float* v /*[32]*/) {
+  float amax = 0.0f;
+  for (int t = 0; t < kQ4BlockInputs; ++t) {
+    const float a = std::fabs(v[t]);
+    amax = a > amax ? a : amax;
+  }
+  *d = amax / 127.0f;
+  const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+  int32_t sum = 0;
+  for (int t = 0; t < kQ4BlockInputs; ++t) {
+    const int q = static_cast<int>(std::nearbyint(v[t] * id));
+    xq[t] = static_cast<int8_t>(q);
+    sum += q;
+  }
+  return sum;
+}
+
+}  // namespace
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const uint32_t exp = (h >> 10) & 0x1F;
+  const uint32_t mant = h & 0x3FF;
+  if (exp == 0) {
+    // Zero or subnormal: mant * 2^-24 is exact in float.
+    return bits_float(sign | float_bits(static_cast<float>(mant) * 5.9604644775390625e-8f));
+  }
+  if (exp == 31) return bits_float(sign | 0x7F800000u | (mant << 13));
+  return bits_float(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+uint16_t float_to_half(float f) {
+  uint32_t x = float_bits(f);
+  const uint32_t sign = (x >> 16) & 0x8000;
+  x &= 0x7FFFFFFF;
+  if (x >= 0x7F800000) return static_cast<uint16_t>(sign | (x > 0x7F800000 ? 0x7E00 : 0x7C00));
+  // 65520 is the midpoint between the largest half (65504) and 2^16; ties go
+  // to even, which here is infinity.
+  if (x >= 0x477FF000) return static_cast<uint16_t>(sign | 0x7C00);
+  if (x < 0x38800000) {
+    // Below 2^-14: a half subnormal. Adding 0.5 lines the float's ulp up with
+    // the half's (2^-24) and lets the FPU do the round-to-nearest-even.
+    const float v = bits_float(x) + 0.5f;
+    return static_cast<uint16_t>(sign | (float_bits(v) - float_bits(0.5f)));
+  }
+  // Normal: rebias the exponent and round the 13 dropped bits to nearest even.
+  const uint32_t odd = (x >> 13) & 1;
+  x += (static_cast<uint32_t>(15 - 127) << 23) + 0xFFF + odd;
+  return static_cast<uint16_t>(sign | (x >> 13));
+}
+
+size_t Q4Matrix::weight_bytes() const {
+  return qs.size() * sizeof(Q4Line) + scales.size() * sizeof(uint16_t) + zeros.size();
+}
+
+Q4Matrix q4_from_gptq(const Q4GptqSource& s) {
+  if (!s.qweight || !s.qzeros || !s.scales || !s.g_idx) fail("missing tensor");
+  if (s.k <= 0 || s.n <= 0 || s.k > s.k_stored || s.n > s.n_stored || s.k_stored % 8 != 0 ||
+      s.n_stored % 8 != 0 || s.n_groups <= 0) {
+    fail("bad dims k=" + std::to_string(s.k) + " n=" + std::to_string(s.n) +
+         " k_stored=" + std::to_string(s.k_stored) + " n_stored=" + std::to_string(s.n_stored) +
+         " n_groups=" + std::to_string(s.n_groups));
+  }
+  // Group of each real input; padding inputs (>= k) are never read.
+  std::vector<int32_t> gid(s.k);            // [k]
+  std::vector<int> count(s.n_groups, 0);   // [n_groups] real inputs per group
+  for (int i = 0; i < s.k; ++i) {
+    const int32_t g = load_i32(s.g_idx, i);
+    if (g < 0 || g >= s.n_groups) {
+      fail("g_idx[" + std::to_string(i) + "] = " + std::to_string(g) + " outside [0, " +
+           std::to_string(s.n_groups) + ")");
+    }
+    gid[i] = g;
+    ++count[g];
+  }
+  // Kernel groups: the non-empty stored groups in id order, each a run of
+  // whole blocks so one scale applies per block.
+  std::vector<int> kgroups;  // [kernel groups] stored group id
+  for (int g = 0; g < s.n_groups; ++g) {
+    if (count[g] > 0) kgroups.push_back(g);
+  }
+  const int n_kg = static_cast<int>(kgroups.size());
+  const int per_group = count[kgroups[0]];
+  if (n_kg > 1) {
+    if (per_group % kQ4BlockInputs != 0) {
+      fail("groups of " + std::to_string(per_group) +
+           " inputs; the int4 kernel needs a multiple of 32");
+    }
+    for (int j = 0; j + 1 < n_kg; ++j) {
+      if (count[kgroups[j]] != per_group) {
+        fail("group " + std::to_string(kgroups[j]) + " has " + std::to_string(count[kgroups[j]]) +
+             " inputs, group " + std::to_string(kgroups[0]) + " has " + std::to_string(per_group) +
+             "; the int4 kernel needs equal groups (only the last may be smaller)");
+      }
+    }
+    if (count[kgroups[n_kg - 1]] > per_group) fail("last group larger than the others");
+  }
+  Q4Matrix m;
+  m.n = s.n;
+  m.k = s.k;
+  m.n_panels = (s.n + kQ4PanelCols - 1) / kQ4PanelCols;
+  m.group_blocks = (per_group + kQ4BlockInputs - 1) / kQ4BlockInputs;
+  m.k_blocks = (n_kg - 1) * m.group_blocks +
+               (count[kgroups[n_kg - 1]] + kQ4BlockInputs - 1) / kQ4BlockInputs;
+  m.n_groups = n_kg;
+
+  // Kernel position of each input: groups in order, inputs by index inside.
+  std::vector<int> next(s.n_groups, -1);  // [n_groups] next free position
+  for (int j = 0; j < n_kg; ++j) next[kgroups[j]] = j * m.group_blocks * kQ4BlockInputs;
+  std::vector<int32_t> pos(s.k);  // [k]
+  m.perm.assign(static_cast<size_t>(m.k_blocks) * kQ4BlockInputs, -1);
+  for (int i = 0; i < s.k; ++i) {
+    pos[i] = next[gid[i]]++;
+    m.perm[pos[i]] = i;
+  }
+  bool identity = true;
+  for (int i = 0; i < s.k && identity; ++i) identity = pos[i] == i;
+  if (identity) m.perm.clear();
+
+  const int64_t ng = m.n_groups, kb = m.k_blocks;
+  m.scales.assign(static_cast<size_t>(m.n_panels) * ng * kQ4PanelCols, 0);
+  m.zeros.assign(static_cast<size_t>(m.n_panels) * ng * kQ4PanelCols, 0);
+  m.qs.assign(static_cast<size_t>(m.n_panels) * kb * (kQ4BlockBytes / sizeof(Q4Line)), Q4Line{});
+  uint8_t* qs = reinterpret_cast<uint8_t*>(m.qs.data());
+  for (int p = 0; p < m.n_panels; ++p) {
+    const int cols = std::min(kQ4PanelCols, s.n - p * kQ4PanelCols);
+    for (int j = 0; j < n_kg; ++j) {
+      const int g = kgroups[j];
+      for (int c = 0; c < cols; ++c) {
+        const int col = p * kQ4PanelCols + c;
+        const size_t at = (static_cast<size_t>(p) * ng + j) * kQ4PanelCols + c;
+        m.scales[at] = load_u16(s.scales, static_cast<int64_t>(g) * s.n_stored + col);
+        const uint32_t word =
+            static_cast<uint32_t>(load_i32(s.qzeros, static_cast<int64_t>(g) * (s.n_stored / 8) + col / 8));
+        m.zeros[at] = static_cast<uint8_t>(((word >> (4 * (col % 8))) & 15) + 1);  // v1: stored = zero - 1
+      }
+    }
+    uint8_t* panel = qs + static_cast<size_t>(p) * kb * kQ4BlockBytes;
+    for (int r = 0; r * 8 < s.k; ++r) {
+      for (int c = 0; c < cols; ++c) {
+        const uint32_t word = static_cast<uint32_t>(
+            load_i32(s.qweight, static_cast<int64_t>(r) * s.n_stored + p * kQ4PanelCols + c));
+        for (int jn = 0; jn < 8 && r * 8 + jn < s.k; ++jn) {
+          const uint8_t q = (word >> (4 * jn)) & 15;
+          const int at = pos[r * 8 + jn];
+          const int within = at % kQ4BlockInputs;
+          const int quad = (within % 16) / 4, t = within % 4;
+          uint8_t& byte = panel[static_cast<size_t>(at / kQ4BlockInputs) * kQ4BlockBytes + quad * 32 +
+                                4 * c + t];
+          byte |= within >= 16 ? static_cast<uint8_t>(q << 4) : q;
+        }
+      }
+    }
+  }
+  return m;
+}
+
+const char* q4_isa_name(Q4Isa isa) {
+  switch (isa) {
+    case Q4Isa::Scalar: return "scalar";
+    case Q4Isa::Avx2: return "avx2";
+    case Q4Isa::Avx512Vnni: return "avx512vnni";
+  }
+  return "?";
+}
+
+bool q4_isa_supported(Q4Isa isa) {
+  switch (isa) {
+    case Q4Isa::Scalar: return true;
+#if defined(__x86_64__) || defined(__i386__)
+    case Q4Isa::Avx2: return cpu_has_avx2();
+    case Q4Isa::Avx512Vnni: return cpu_has_avx512vnni();
+#else
+    default: return false;
+#endif
+  }
+  return false;
+}
+
+Q4Isa q4_default_isa() {
+  // Function-local static: decided once, thread-safe, no mutable global.
+  static const Q4Isa chosen = [] {
+    Q4Isa best = Q4Isa::Scalar;
+    for (Q4Isa isa : {Q4Isa::Avx2, Q4Isa::Avx512Vnni}) {
+      if (q4_isa_supported(isa)) best = isa;
+    }
+    const char* env = std::getenv("CHATRADIO_Q4_ISA");
+    if (!env || !*env) return best;
+    for (Q4Isa isa : {Q4Isa::Scalar, Q4Isa::Avx2, Q4Isa::Avx512Vnni}) {
+      if (std::strcmp(env, q4_isa_name(isa)) == 0) {
+        if (q4_isa_supported(isa)) return isa;
+        std::fprintf(stderr, "chatradio: CHATRADIO_Q4_ISA=%s not supported by this CPU; using %s\n", env,
+                     q4_isa_name(best));
+        return best;
+      }
+    }
+    std::fprintf(stderr, "chatradio: unknown CHATRADIO_Q4_ISA=%s (scalar|avx2|avx512vnni); using %s\n",
+                 env, q4_isa_name(best));
+    return best;
+  }();
+  return chosen;
+}
+
+void q4_quantize_row(int8_t* xq, float* d, float* gsum, const float* x, const Q4Matrix& w) {
+  detail::q4_quant_scalar(xq, d, gsum, x, weights_ref(w), 0, 1);
+}
+
+void matmul_q4(float* out, const float* x, const Q4Matrix& w, int m, ThreadPool* pool) {
+  matmul_q4(out, x, w, m, pool, q4_default_isa());
+}
+
+void matmul_q4(float* out, const float* x, const Q4Matrix& w, int m, ThreadPool* pool, Q4Isa isa) {
+  if (!q4_isa_supported(isa)) {
+    throw std::invalid_argument(std::string("matmul_q4: ISA path ") + q4_isa_name(isa) +
+                                " not supported on this CPU");
+  }
+  if (m <= 0 || w.n_panels == 0) return;
+  detail::Q4QuantFn quant = detail::q4_quant_scalar;
+  detail::Q4GemmFn gemm = detail::q4_gemm_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Q4Isa::Avx2 || isa == Q4Isa::Avx512Vnni) quant = detail::q4_quant_avx2;
+  if (isa == Q4Isa::Avx2) gemm = detail::q4_gemm_avx2;
+  if (isa == Q4Isa::Avx512Vnni) gemm = detail::q4_gemm_avx512vnni;
+#endif
+  const detail::Q4WeightsRef wr = weights_ref(w);
+
+  // Scratch: xq [m, k_blocks*32] int8, d [m, k_blocks], gsum [m, n_groups];
+  // each section 64-byte aligned.
+  auto round64 = [](size_t b) { return (b + 63) / 64 * 64; };
+  const int64_t q_stride = static_cast<int64_t>(w.k_blocks) * kQ4BlockInputs;
+  const size_t q_bytes = round64(static_cast<size_t>(m) * q_stride);
+  const size_t d_bytes = round64(static_cast<size_t>(m) * w.k_blocks * sizeof(float));
+  const size_t g_bytes = round64(static_cast<size_t>(m) * w.n_groups * sizeof(float));
+  std::vector<Q4Line> local;  // only without a pool
+  std::byte* ws;
+  if (pool) {
+    ws = pool->workspace(q_bytes + d_bytes + g_bytes);
+  } else {
+    local.resize((q_bytes + d_bytes + g_bytes) / sizeof(Q4Line));
+    ws = reinterpret_cast<std::byte*>(local.data());
+  }
+  auto* xq = reinterpret_cast<int8_t*>(ws);
+  auto* d = reinterpret_cast<float*>(ws + q_bytes);
+  auto* gsum = reinterpret_cast<float*>(ws + q_bytes + d_bytes);
+
+  const int n_threads = pool ? pool->size() : 1;
+  // Rows are independent, so the split cannot change any row's bits; it only
+  // pays off once there are a few rows (a dispatch costs ~1-2 µs).
+  if (n_threads > 1 && m >= 4) {
+    pool->parallel_for(n_threads, [&](int task, int) {
+      int r0, r1;
+      ThreadPool::task_range(m, n_threads, task, &r0, &r1);
+      if (r0 < r1) quant(xq, d, gsum, x, wr, r0, r1);
+    });
+  } else {
+    quant(xq, d, gsum, x, wr, 0, m);
+  }
+
+  int row_chunk = static_cast<int>((256 * 1024) / q_stride) / 4 * 4;
+  if (row_chunk < 4) row_chunk = 4;
+  const detail::Q4ActsRef acts{xq, d, gsum, q_stride, row_chunk};
+  if (n_threads > 1 && w.n_panels > 1) {
+    pool->parallel_for(n_threads, [&](int task, int) {
+      int p0, p1;
+      ThreadPool::task_range(w.n_panels, n_threads, task, &p0, &p1);
+      if (p0 < p1) gemm(out, w.n, acts, m, wr, p0, p1);
+    });
+  } else {
+    gemm(out, w.n, acts, m, wr, 0, w.n_panels);
+  }
+}
+
+namespace detail {
+
+void q4_quant_scalar(int8_t* xq, float* d, float* gsum, const float* x, const Q4WeightsRef& w, int r0,
+                     int r1) {
+  const int kb = w.k_blocks;
+  for (int r = r0; r < r1; ++r) {
+    const float* xr = x + static_cast<int64_t>(r) * w.k;                        // [k]
+    int8_t* qr = xq + static_cast<int64_t>(r) * kb * kQ4BlockInputs;          // [kb*32]
+    float* dr = d + static_cast<int64_t>(r) * kb;                             // [kb]
+    float* gr = gsum + static_cast<int64_t>(r) * w.n_groups;                  // [n_groups]
+    float v[kQ4BlockInputs];
+    float acc = 0.0f;
+    for (int b = 0; b < kb; ++b) {
+      for (int t = 0; t < kQ4BlockInputs; ++t) {
+        const int p = b * kQ4BlockInputs + t;
+        const int i = w.perm ? w.perm[p] : (p < w.k ? p : -1);
+        v[t] = i >= 0 ? xr[i] : 0.0f;
+      }
+      const int32_t sx = quant_block(qr + b * kQ4BlockInputs, &dr[b], v);
+      acc = acc + dr[b] * static_cast<float>(sx);
+      if ((b + 1) % w.group_blocks == 0 || b + 1 == kb) {
+        gr[b / w.group_blocks] = acc;
+        acc = 0.0f;
+      }
+    }
+  }
+}
+
+void q4_gemm_scalar(float* out, int64_t ldo, const Q4ActsRef& a, int m, const Q4WeightsRef& w, int p0,
+                    int p1) {
+  const int kb = w.k_blocks, ng = w.n_groups;
+  for (int p = p0; p < p1; ++p) {
+    const uint8_t* qs = w.qs + static_cast<int64_t>(p) * kb * kQ4BlockBytes;  // [kb, 128]
+    const uint16_t* sc = w.scales + static_cast<int64_t>(p) * ng * kQ4PanelCols;  // [ng, 8]
+    const uint8_t* zp = w.zeros + static_cast<int64_t>(p) * ng * kQ4PanelCols;    // [ng, 8]
+    const int cols = std::min(kQ4PanelCols, w.n - p * kQ4PanelCols);
+    for (int r = 0; r < m; ++r) {
+      const int8_t* xr = a.xq + r * a.q_stride;  // [kb*32]
+      const float* dr = a.d + static_cast<int64_t>(r) * kb;
+      const float* gr = a.gsum + static_cast<int64_t>(r) * ng;
+      float acc[kQ4PanelCols] = {};
+      for (int g = 0; g < ng; ++g) {
+        float s[kQ4PanelCols];
+        for (int c = 0; c < kQ4PanelCols; ++c) s[c] = half_to_float(sc[g * kQ4PanelCols + c]);
+        const int b1 = std::min(kb, (g + 1) * w.group_blocks);
+        for (int b = g * w.group_blocks; b < b1; ++b) {
+          const uint8_t* blk = qs + static_cast<int64_t>(b) * kQ4BlockBytes;
+          const int8_t* xb = xr + b * kQ4BlockInputs;
+          int32_t dot[kQ4PanelCols] = {};
+          for (int j = 0; j < 4; ++j) {
+            for (int c = 0; c < kQ4PanelCols; ++c) {
+              for (int t = 0; t < 4; ++t) {
+                const uint8_t byte = blk[j * 32 + 4 * c + t];
+                dot[c] += (byte & 15) * xb[4 * j + t] + (byte >> 4) * xb[16 + 4 * j + t];
+              }
+            }
+          }
+          for (int c = 0; c < kQ4PanelCols; ++c) {
+            acc[c] = std::fma(static_cast<float>(dot[c]), s[c] * dr[b], acc[c]);
+          }
+        }
+        for (int c = 0; c < kQ4PanelCols; ++c) {
+          const float mz = s[c] * static_cast<float>(zp[g * kQ4PanelCols + c]);
+          acc[c] = std::fma(-mz, gr[g], acc[c]);
+        }
+      }
+      float* o = out + r * ldo + p * kQ4PanelCols;
+      for (int c = 0; c < cols; ++c) o[c] = acc[c];
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace chatradio::kernels::cpu

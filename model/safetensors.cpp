@@ -490,8 +490,76 @@ void to_f32(std::span<float> dst, const TensorView& t) {
 // ---------------------------------------------------------------------------
 // Writing
 
-void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// Writes n bytes at data to fd, retrying short writes and EINTR; returns
+// false with errno set on failure.
+bool write_fd(int fd, const void* data, size_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    // Linux transfers at most ~2 GiB per call; larger slices just loop.
+    const ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// fsync then rename: without the fsync a power cut right after the rename
+// may leave an empty file under the final name on some file systems.
+void sync_close_rename(int fd, const std::string& tmp, const std::string& path) {
+  const bool synced = ::fsync(fd) == 0 || errno == EINVAL;  // EINVAL: file system without fsync
+  const std::string sync_error = synced ? "" : errno_text();
+  const bool closed = ::close(fd) == 0;
+  if (!synced || !closed) {
+    const std::string e = synced ? errno_text() : sync_error;
+    std::remove(tmp.c_str());
+    throw ModelError(tmp + ": write failed: " + e);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string e = errno_text();
+    std::remove(tmp.c_str());
+    throw ModelError(path + ": cannot rename from " + tmp + ": " + e);
+  }
+}
+
+int create_tmp(const std::string& tmp) {
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw ModelError(tmp + ": cannot create: " + errno_text());
+  return fd;
+}
+
+}  // namespace
+
+uint64_t tensor_nbytes(const TensorSpec& t, const std::string& file) {
+  uint64_t nbytes = dtype_size(t.dtype);
+  for (int64_t d : t.shape) {
+    if (d < 0) throw ModelError(file + ": tensor '" + t.name + "': negative dimension in shape " + shape_str(t.shape));
+    if (__builtin_mul_overflow(nbytes, static_cast<uint64_t>(d), &nbytes))
+      throw ModelError(file + ": tensor '" + t.name + "': shape " + shape_str(t.shape) + " overflows");
+  }
+  return nbytes;
+}
+
+void write_file_atomically(const std::string& path, std::string_view text) {
+  const std::string tmp = path + ".tmp";
+  const int fd = create_tmp(tmp);
+  if (!write_fd(fd, text.data(), text.size())) {
+    const std::string e = errno_text();
+    ::close(fd);
+    std::remove(tmp.c_str());
+    throw ModelError(tmp + ": write failed: " + e);
+  }
+  sync_close_rename(fd, tmp, path);
+}
+
+SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<TensorSpec> tensors,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(path), tmp_(path + ".tmp"), specs_(std::move(tensors)) {
   // ordered_json keeps insertion order, so the header lists tensors in the
   // order given and the data offsets increase monotonically with it.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
@@ -500,21 +568,14 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
     for (const auto& [k, v] : metadata) m[k] = v;
     header["__metadata__"] = std::move(m);
   }
-  uint64_t offset = 0;
-  for (const TensorToWrite& t : tensors) {
-    auto bad = [&](const std::string& what) { return ModelError(path + ": tensor '" + t.name + "': " + what); };
-    if (t.name == "__metadata__") throw bad("reserved name");
-    if (header.contains(t.name)) throw bad("given twice");
-    uint64_t nbytes = dtype_size(t.dtype);
-    for (int64_t d : t.shape) {
-      if (d < 0) throw bad("negative dimension in shape " + shape_str(t.shape));
-      if (__builtin_mul_overflow(nbytes, static_cast<uint64_t>(d), &nbytes)) throw bad("shape overflows");
-    }
-    if (nbytes != t.bytes.size())
-      throw bad("shape " + shape_str(t.shape) + " of " + dtype_name(t.dtype) + " needs " + std::to_string(nbytes) +
-                " bytes, got " + std::to_string(t.bytes.size()));
-    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}};
-    offset += nbytes;
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    const TensorSpec& t = specs_[i];
+    if (t.name == "__metadata__") throw ModelError(path + ": tensor '" + t.name + "': reserved name");
+    if (!pos_.emplace(t.name, i).second) throw ModelError(path + ": tensor '" + t.name + "': given twice");
+    const uint64_t nbytes = tensor_nbytes(t, path);
+    header[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {total_, total_ + nbytes}}};
+    sizes_.push_back(nbytes);
+    total_ += nbytes;
   }
   std::string text;
   try {
@@ -525,31 +586,181 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   // Pad with spaces (valid JSON whitespace) so the data section starts 8-byte
   // aligned, as the reference writer does; readers then may use aligned loads.
   text.append((8 - text.size() % 8) % 8, ' ');
-
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
 
-  // Write to a temporary name and rename, so a crash never leaves a
-  // half-written checkpoint under the real name.
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw ModelError(tmp + ": cannot create: " + errno_text());
-    out.write(reinterpret_cast<const char*>(len), 8);
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const TensorToWrite& t : tensors)
-      out.write(reinterpret_cast<const char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size()));
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw ModelError(tmp + ": write failed");
+  fd_ = create_tmp(tmp_);
+  try {
+    write_all(len, 8, "header");
+    write_all(text.data(), text.size(), "header");
+  } catch (...) {
+    close_fd();
+    std::remove(tmp_.c_str());
+    throw;
+  }
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (finished_) return;
+  close_fd();
+  std::remove(tmp_.c_str());
+}
+
+void SafetensorsWriter::close_fd() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+void SafetensorsWriter::write_all(const void* data, size_t n, const std::string& tensor) {
+  if (!write_fd(fd_, data, n)) {
+    failed_ = true;
+    throw ModelError(tmp_ + ": writing " + tensor + ": " + errno_text());
+  }
+}
+
+void SafetensorsWriter::write(const std::string& name, std::span<const uint8_t> bytes) {
+  auto bad = [&](const std::string& what) { return ModelError(path_ + ": tensor '" + name + "': " + what); };
+  if (finished_) throw bad("written after the file was finished");
+  if (failed_) throw bad("written after an earlier write failed");
+  auto it = pos_.find(name);
+  if (it == pos_.end()) throw bad("not in the header");
+  if (it->second < current_) throw bad("already written");
+  // Move on to `name`; everything before it must be complete.
+  while (current_ < it->second) {
+    if (done_ != sizes_[current_]) {
+      throw bad("written out of order: '" + specs_[current_].name + "' comes first and has " +
+                std::to_string(done_) + " of its " + std::to_string(sizes_[current_]) + " bytes");
+    }
+    ++current_;
+    done_ = 0;
+  }
+  if (bytes.size() > sizes_[current_] - done_) {
+    throw bad("got " + std::to_string(bytes.size()) + " bytes but only " + std::to_string(sizes_[current_] - done_) +
+              " of its " + std::to_string(sizes_[current_]) + " remain (shape " + shape_str(specs_[current_].shape) +
+              " of " + dtype_name(specs_[current_].dtype) + ")");
+  }
+  write_all(bytes.data(), bytes.size(), "tensor '" + name + "'");
+  done_ += bytes.size();
+  written_ += bytes.size();
+}
+
+void SafetensorsWriter::finish() {
+  if (finished_) return;
+  if (failed_) throw ModelError(path_ + ": cannot finish after a failed write");
+  for (; current_ < specs_.size(); ++current_, done_ = 0) {
+    if (done_ != sizes_[current_]) {
+      throw ModelError(path_ + ": tensor '" + specs_[current_].name + "': incomplete, " + std::to_string(done_) +
+                       " of " + std::to_string(sizes_[current_]) + " bytes written");
     }
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string e = errno_text();
-    std::remove(tmp.c_str());
-    throw ModelError(path + ": cannot rename from " + tmp + ": " + e);
+  const int fd = fd_;
+  fd_ = -1;
+  finished_ = true;  // sync_close_rename removes the tmp file itself on failure
+  sync_close_rename(fd, tmp_, path_);
+}
+
+CheckpointWriter::CheckpointWriter(const std::string& dir, std::vector<TensorSpec> tensors, uint64_t max_shard_bytes,
+                                   const std::map<std::string, std::string>& metadata)
+    : dir_(dir), metadata_(metadata) {
+  if (max_shard_bytes == 0) throw ModelError(dir + ": shard size limit must be positive");
+  // Greedy packing in order: shards stay contiguous ranges of the tensor list,
+  // which is what lets them be written one after the other.
+  uint64_t in_shard = 0;
+  for (TensorSpec& t : tensors) {
+    const uint64_t n = tensor_nbytes(t, dir);
+    if (shards_.empty() || (in_shard > 0 && in_shard + n > max_shard_bytes)) {
+      shards_.emplace_back();
+      in_shard = 0;
+    }
+    if (!shard_of_.emplace(t.name, shards_.size() - 1).second)
+      throw ModelError(dir + ": tensor '" + t.name + "': given twice");
+    in_shard += n;
+    total_ += n;
+    shards_.back().specs.push_back(std::move(t));
   }
+  if (shards_.empty()) shards_.emplace_back();
+  const size_t n = shards_.size();
+  for (size_t i = 0; i < n; ++i) {
+    char name[64];
+    std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", i + 1, n);
+    shards_[i].file = n == 1 ? "model.safetensors" : name;
+  }
+  open_ = std::make_unique<SafetensorsWriter>(dir_ + "/" + shards_[0].file, shards_[0].specs, metadata_);
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (finished_) return;
+  open_.reset();
+  for (const std::string& f : written_) std::remove((dir_ + "/" + f).c_str());
+}
+
+uint64_t CheckpointWriter::bytes_written() const {
+  return done_in_closed_ + (open_ ? open_->bytes_written() : 0);
+}
+
+std::vector<std::string> CheckpointWriter::files() const {
+  std::vector<std::string> out;
+  for (const Shard& s : shards_) out.push_back(s.file);
+  if (shards_.size() > 1) out.push_back("model.safetensors.index.json");
+  return out;
+}
+
+void CheckpointWriter::write(const std::string& name, std::span<const uint8_t> bytes) {
+  if (finished_) throw ModelError(dir_ + ": tensor '" + name + "': written after the checkpoint was finished");
+  auto it = shard_of_.find(name);
+  if (it == shard_of_.end()) throw ModelError(dir_ + ": tensor '" + name + "': not in the checkpoint's tensor list");
+  if (it->second < open_index_) throw ModelError(dir_ + ": tensor '" + name + "': already written");
+  while (open_index_ < it->second) {
+    open_->finish();  // throws, naming the tensor, if the shard is incomplete
+    done_in_closed_ += open_->bytes_written();
+    written_.push_back(shards_[open_index_].file);
+    open_.reset();
+    ++open_index_;
+    open_ = std::make_unique<SafetensorsWriter>(dir_ + "/" + shards_[open_index_].file, shards_[open_index_].specs,
+                                                metadata_);
+  }
+  open_->write(name, bytes);
+}
+
+void CheckpointWriter::finish() {
+  if (finished_) return;
+  for (;;) {
+    open_->finish();
+    done_in_closed_ += open_->bytes_written();
+    written_.push_back(shards_[open_index_].file);
+    open_.reset();
+    if (++open_index_ == shards_.size()) break;
+    // Only reachable when the remaining shards are incomplete (finish() then
+    // names the first missing tensor) or hold zero-byte tensors alone.
+    open_ = std::make_unique<SafetensorsWriter>(dir_ + "/" + shards_[open_index_].file, shards_[open_index_].specs,
+                                                metadata_);
+  }
+  if (shards_.size() > 1) {
+    json map = json::object();  // std::map-backed: sorted names, as transformers writes them
+    for (const Shard& s : shards_)
+      for (const TensorSpec& t : s.specs) map[t.name] = s.file;
+    json index = {{"metadata", {{"total_size", total_}}}, {"weight_map", std::move(map)}};
+    write_file_atomically(dir_ + "/model.safetensors.index.json", index.dump(2) + "\n");
+    written_.push_back("model.safetensors.index.json");
+  }
+  finished_ = true;
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  // Sizes are checked before anything is created, so bad input leaves no file.
+  std::vector<TensorSpec> specs;
+  specs.reserve(tensors.size());
+  for (const TensorToWrite& t : tensors) {
+    specs.push_back({t.name, t.dtype, t.shape});
+    const uint64_t nbytes = tensor_nbytes(specs.back(), path);
+    if (nbytes != t.bytes.size())
+      throw ModelError(path + ": tensor '" + t.name + "': shape " + shape_str(t.shape) + " of " + dtype_name(t.dtype) +
+                       " needs " + std::to_string(nbytes) + " bytes, got " + std::to_string(t.bytes.size()));
+  }
+  SafetensorsWriter w(path, std::move(specs), metadata);
+  for (const TensorToWrite& t : tensors) w.write(t.name, t.bytes);
+  w.finish();
 }
 
 }  // namespace chatradio::model

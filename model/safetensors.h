@@ -10,6 +10,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace chatradio::model {
@@ -82,8 +83,113 @@ uint16_t f32_to_f16(float f);
 float bf16_to_f32(uint16_t h);
 uint16_t f32_to_bf16(float f);
 
-// Writes a single-file safetensors checkpoint (used by the quantizer, synth and
-// tests that craft files). Tensors are written in the order given.
+// ---------------------------------------------------------------------------
+// Writing. The header lists every tensor up front, so a writer only needs the
+// names, dtypes and shapes before the first byte; data then streams through
+// in header order, and peak memory is whatever the caller holds at a time
+// (one tensor, or a slice of one). Files are written to PATH.tmp and renamed
+// when complete, so a crash or an error never leaves a truncated checkpoint
+// under the real name.
+
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+};
+
+// Bytes of a tensor: numel x dtype size. Throws ModelError naming `file` and
+// the tensor for a negative dimension or an overflowing shape.
+uint64_t tensor_nbytes(const TensorSpec& t, const std::string& file);
+
+class SafetensorsWriter {
+ public:
+  // Validates the specs (unique names, not "__metadata__", sane shapes),
+  // creates PATH.tmp and writes the header. Throws ModelError.
+  SafetensorsWriter(const std::string& path, std::vector<TensorSpec> tensors,
+                    const std::map<std::string, std::string>& metadata = {});
+  // Without finish(), removes PATH.tmp: nothing is left behind.
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  // Appends bytes of tensor `name`: the whole tensor, or its next slice.
+  // Tensors come in header order (a zero-byte tensor needs no call). Writing
+  // past a tensor's size, out of order, after a failure or to a name the
+  // header lacks throws ModelError naming the file and the tensor.
+  void write(const std::string& name, std::span<const uint8_t> bytes);
+  // Checks every tensor is complete, flushes to disk and renames PATH.tmp to PATH.
+  void finish();
+
+  const std::string& path() const { return path_; }
+  uint64_t data_bytes() const { return total_; }  // data section size
+  uint64_t bytes_written() const { return written_; }  // of the data section
+
+ private:
+  std::string path_, tmp_;
+  std::vector<TensorSpec> specs_;
+  std::vector<uint64_t> sizes_;        // [n tensors] bytes
+  std::map<std::string, size_t> pos_;  // name -> index in specs_
+  size_t current_ = 0;                 // tensor being written
+  uint64_t done_ = 0;                  // bytes of it written so far
+  uint64_t total_ = 0, written_ = 0;
+  int fd_ = -1;
+  bool failed_ = false, finished_ = false;
+
+  void write_all(const void* data, size_t n, const std::string& tensor);
+  void close_fd();
+};
+
+// A checkpoint directory written tensor by tensor: DIR/model.safetensors
+// when everything fits in max_shard_bytes of data, otherwise shards
+// model-0000i-of-0000n.safetensors of at most that much each (a tensor larger
+// than the limit gets a shard of its own) plus model.safetensors.index.json,
+// as transformers writes them; model::Checkpoint reads both.
+class CheckpointWriter {
+ public:
+  static constexpr uint64_t kDefaultMaxShardBytes = 2'000'000'000;
+
+  // DIR must exist. Throws ModelError for bad specs or when a file cannot be created.
+  CheckpointWriter(const std::string& dir, std::vector<TensorSpec> tensors,
+                   uint64_t max_shard_bytes = kDefaultMaxShardBytes,
+                   const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+  // Without finish(), removes every file it wrote.
+  ~CheckpointWriter();
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  // As SafetensorsWriter::write, across shards.
+  void write(const std::string& name, std::span<const uint8_t> bytes);
+  // Completes the last shard and writes the index (when sharded).
+  void finish();
+
+  uint64_t total_bytes() const { return total_; }
+  uint64_t bytes_written() const;
+  // File names (inside DIR) this writer produces, shards first.
+  std::vector<std::string> files() const;
+
+ private:
+  struct Shard {
+    std::string file;               // name inside dir_
+    std::vector<TensorSpec> specs;  // its tensors, in order
+  };
+  std::string dir_;
+  std::map<std::string, std::string> metadata_;
+  std::vector<Shard> shards_;
+  std::map<std::string, size_t> shard_of_;  // tensor name -> shard index
+  std::unique_ptr<SafetensorsWriter> open_;  // shard being written
+  size_t open_index_ = 0;
+  uint64_t total_ = 0, done_in_closed_ = 0;
+  std::vector<std::string> written_;  // completed files, removed unless finished
+  bool finished_ = false;
+};
+
+// Writes `text` to PATH.tmp, flushes it to disk and renames it to PATH (JSON
+// side files of a checkpoint: the shard index, configs). Throws ModelError.
+void write_file_atomically(const std::string& path, std::string_view text);
+
+// Writes a single-file safetensors checkpoint from tensors in memory (tests
+// that craft files; a thin wrapper over SafetensorsWriter). Tensors are
+// written in the order given.
 struct TensorToWrite {
   std::string name;
   DType dtype;

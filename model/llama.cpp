@@ -41,6 +41,7 @@ std::vector<float> read_f32(const Checkpoint& ckpt, const std::string& name,
   const TensorView& t = ckpt.get(name, shape);
   std::vector<float> out(static_cast<size_t>(t.numel()));
   to_f32(out, t);
+  release_pages(t);
   return out;
 }
 
@@ -59,8 +60,14 @@ class LinearReader {
     if (gptq_ && ckpt_.has(prefix + ".qweight")) {
       const GptqShape shape = gptq_shape(in, out, qcfg_.group_size);
       const TensorView* g_idx = ckpt_.has(prefix + ".g_idx") ? &ckpt_.get(prefix + ".g_idx") : nullptr;
-      l.q4 = gptq_to_q4(gptq_view(prefix, ckpt_.get(prefix + ".qweight"), ckpt_.get(prefix + ".qzeros"),
-                                  ckpt_.get(prefix + ".scales"), g_idx, shape));
+      const TensorView& qweight = ckpt_.get(prefix + ".qweight");
+      const TensorView& qzeros = ckpt_.get(prefix + ".qzeros");
+      const TensorView& scales = ckpt_.get(prefix + ".scales");
+      l.q4 = gptq_to_q4(gptq_view(prefix, qweight, qzeros, scales, g_idx, shape));
+      // The repacked copy is all we keep: drop the mapped pages (RSS budget).
+      for (const TensorView* t : {&qweight, &qzeros, &scales, g_idx}) {
+        if (t) release_pages(*t);
+      }
       return l;
     }
     std::vector<float> w = read_f32(ckpt_, prefix + ".weight", {out, in});

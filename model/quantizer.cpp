@@ -38,20 +38,6 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-// Checkpoint tensors are views into MAP_PRIVATE read-only file mappings; the
-// pages we touched stay in our resident set until unmapped, so a 7B model
-// read front to back would end up all resident. Dropping them once a tensor
-// is consumed keeps RSS at about one tensor. Safe because nothing ever wrote
-// to the mapping: a later access just maps the page-cache page again. Purely
-// advisory, so a failure only costs memory.
-void release(const TensorView& t) {
-  if (t.nbytes == 0) return;
-  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data) & ~(page - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes + page - 1) & ~(page - 1);
-  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
-
 // Elements [begin, begin + n) of a tensor, as a flat view.
 TensorView slice(const TensorView& t, int64_t begin, int64_t n) {
   TensorView s = t;
@@ -87,7 +73,7 @@ void write_f16(CheckpointWriter& dst, const TensorView& src) {
       to_f32(v, part);
       write_f16(dst, src.name, v);
     }
-    release(part);
+    release_pages(part);
   }
 }
 
@@ -99,7 +85,7 @@ std::vector<float> read_f32(const TensorView& src) {
   for (int64_t i = 0; i < n; i += kSliceElems) {
     const TensorView part = slice(src, i, std::min(kSliceElems, n - i));
     to_f32(std::span<float>(w.data() + i, static_cast<size_t>(part.shape[0])), part);
-    release(part);
+    release_pages(part);
   }
   return w;
 }

@@ -73,6 +73,14 @@ class Checkpoint {
   std::map<std::string, const TensorView*> index_;
 };
 
+// Drops the resident pages of a tensor's mapping once it has been consumed.
+// Checkpoint tensors are views into MAP_PRIVATE read-only file mappings: pages
+// we touched stay in our resident set until unmapped, so a 7B model read front
+// to back would end up all resident next to its repacked copy. Safe because
+// nothing writes to the mapping (a later access maps the page-cache page
+// again); purely advisory, so a failure only costs memory.
+void release_pages(const TensorView& t);
+
 // Converts a F32/F16/BF16 tensor to float32 into dst[t.numel()].
 // Throws ModelError for other dtypes.
 void to_f32(std::span<float> dst, const TensorView& t);

@@ -96,6 +96,17 @@ GroupParams group_params(float lo, float hi, bool sym) {
 
 int round_up(int v, int to) { return (v + to - 1) / to * to; }
 
+// q = clamp(round_half_even(v / scale) + zero, 0, 15). Rounding by adding and
+// subtracting 1.5 * 2^23 is exact round-half-even for |x| < 2^22 and, unlike
+// nearbyint, needs no libm call on baseline x86-64; x is clamped to ±64
+// first, which cannot change the clamped result. NaN quantizes like 0.
+int quantize_one(float v, float scale, int zero) {
+  float x = v / scale;
+  x = x == x ? std::clamp(x, -64.0f, 64.0f) : 0.0f;
+  const float r = (x + 12582912.0f) - 12582912.0f;
+  return std::clamp(static_cast<int>(r) + zero, 0, 15);
+}
+
 }  // namespace
 
 GptqShape gptq_shape(int in, int out, int group_size) {
@@ -141,24 +152,42 @@ GptqTensors gptq_quantize(const float* w, int out, int in, int group_size, bool 
   t.g_idx.resize(s.in_padded);                                                   // [in_p]
   for (int i = 0; i < s.in_padded; ++i) t.g_idx[i] = i / s.group;
 
-  for (int o = 0; o < op; ++o) {
-    const float* row = o < out ? w + static_cast<int64_t>(o) * in : nullptr;  // [in]
+  // Outputs in chunks of 16, so the words a chunk writes to one qweight row
+  // share a cache line (qweight is [in/8, out]: a column is 4*out_p bytes
+  // between words).
+  constexpr int kChunk = 16;
+  for (int o0 = 0; o0 < op; o0 += kChunk) {
+    const int o1 = std::min(o0 + kChunk, op);
     for (int g = 0; g < s.n_groups; ++g) {
       const int i0 = g * s.group, i1 = std::min(i0 + s.group, s.in_padded);
-      // Padding is zero, and the range always includes 0: only real inputs matter.
-      float lo = 0.0f, hi = 0.0f;
-      for (int i = i0; row && i < std::min(i1, in); ++i) {
-        lo = std::min(lo, row[i]);
-        hi = std::max(hi, row[i]);
+      float scale[kChunk];
+      int zero[kChunk];
+      for (int o = o0; o < o1; ++o) {
+        const float* row = o < out ? w + static_cast<int64_t>(o) * in : nullptr;  // [in]
+        // Padding is zero, and the range always includes 0: only real inputs matter.
+        float lo = 0.0f, hi = 0.0f;
+        for (int i = i0; row && i < std::min(i1, in); ++i) {
+          lo = std::min(lo, row[i]);
+          hi = std::max(hi, row[i]);
+        }
+        const GroupParams p = group_params(lo, hi, sym);
+        t.scales[static_cast<size_t>(g) * op + o] = p.scale;
+        qzeros[static_cast<size_t>(g) * (op / 8) + o / 8] |= static_cast<uint32_t>(p.zero - 1) << (4 * (o % 8));
+        scale[o - o0] = half_to_float(p.scale);
+        zero[o - o0] = p.zero;
       }
-      const GroupParams p = group_params(lo, hi, sym);
-      t.scales[static_cast<size_t>(g) * op + o] = p.scale;
-      qzeros[static_cast<size_t>(g) * (op / 8) + o / 8] |= static_cast<uint32_t>(p.zero - 1) << (4 * (o % 8));
-      const float scale = half_to_float(p.scale);
-      for (int i = i0; i < i1; ++i) {
-        const float v = row && i < in ? row[i] : 0.0f;
-        const int q = std::clamp(static_cast<int>(std::nearbyint(v / scale)) + p.zero, 0, 15);
-        qweight[static_cast<size_t>(i / 8) * op + o] |= static_cast<uint32_t>(q) << (4 * (i % 8));
+      // Groups are multiples of 8 inputs: build each word whole, store once.
+      for (int i8 = i0; i8 < i1; i8 += 8) {
+        for (int o = o0; o < o1; ++o) {
+          const float* row = o < out ? w + static_cast<int64_t>(o) * in : nullptr;
+          float v[8];  // padding reads as 0
+          for (int j = 0; j < 8; ++j) v[j] = row && i8 + j < in ? row[i8 + j] : 0.0f;
+          uint32_t word = 0;
+          for (int j = 0; j < 8; ++j) {
+            word |= static_cast<uint32_t>(quantize_one(v[j], scale[o - o0], zero[o - o0])) << (4 * j);
+          }
+          qweight[static_cast<size_t>(i8 / 8) * op + o] = word;
+        }
       }
     }
   }

@@ -198,7 +198,30 @@ Q4Matrix q4_from_gptq(const Q4GptqSource& s) {
       }
     }
     uint8_t* panel = qs + static_cast<size_t>(p) * kb * kQ4BlockBytes;
-    for (int r = 0; r * 8 < s.k; ++r) {
+    // Fast path (no permutation, whole blocks): the 4 qweight words of a
+    // column hold its 32 inputs in order; each 16-bit half is one quad.
+    const int fast_blocks = m.perm.empty() ? s.k / kQ4BlockInputs : 0;
+    auto spread = [](uint32_t x) {  // 4 nibbles -> the low halves of 4 bytes
+      return (x & 0xF) | (x & 0xF0) << 4 | (x & 0xF00) << 8 | (x & 0xF000) << 12;
+    };
+    for (int b = 0; b < fast_blocks; ++b) {
+      for (int c = 0; c < cols; ++c) {
+        uint32_t w[4];  // inputs 0-7, 8-15, 16-23, 24-31 of the block
+        for (int rr = 0; rr < 4; ++rr) {
+          w[rr] = static_cast<uint32_t>(
+              load_i32(s.qweight, static_cast<int64_t>(4 * b + rr) * s.n_stored + p * kQ4PanelCols + c));
+        }
+        uint8_t* dst = panel + static_cast<size_t>(b) * kQ4BlockBytes + 4 * c;
+        for (int j = 0; j < 4; ++j) {
+          const int shift = 16 * (j & 1);
+          const uint32_t lo = (w[j >> 1] >> shift) & 0xFFFF;  // inputs 4j..4j+3
+          const uint32_t hi = (w[2 + (j >> 1)] >> shift) & 0xFFFF;  // inputs 16+4j..
+          const uint32_t v = spread(lo) | spread(hi) << 4;
+          for (int t = 0; t < 4; ++t) dst[32 * j + t] = static_cast<uint8_t>(v >> (8 * t));
+        }
+      }
+    }
+    for (int r = fast_blocks * 4; r * 8 < s.k; ++r) {
       for (int c = 0; c < cols; ++c) {
         const uint32_t word = static_cast<uint32_t>(
             load_i32(s.qweight, static_cast<int64_t>(r) * s.n_stored + p * kQ4PanelCols + c));

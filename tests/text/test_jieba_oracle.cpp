@@ -1,0 +1,248 @@
+// Conformance against python3-jieba: tests/text/jieba_oracle.py (Debian's
+// /usr/bin/python3) writes jieba.cut(text, HMM=False) for every findings and
+// impression of COV-CTR and more (see the script), the char segmenter's
+// tokens from a unicodedata-based reimplementation, and ROUGE scores from a
+// reimplementation of rouge-score's definitions; ours must reproduce them.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "server/text/rouge.h"
+#include "server/text/segment.h"
+#include "tests/common/shared.h"
+
+namespace chatradio::text {
+namespace {
+
+constexpr const char* kPython = "/usr/bin/python3";  // Debian's, with python3-jieba
+
+using Tokens = std::vector<std::string>;
+
+struct SegmentCase {
+  std::string label;
+  std::string text;
+  Tokens jieba;
+  bool has_char = false;  // the oracle models the text's characters
+  Tokens chars;
+};
+
+struct RougeCase {
+  std::string label;
+  std::string segmenter;
+  std::string candidate;
+  std::string reference;
+  double expected[9] = {};  // rouge1 P R F, rouge2 P R F, rougeL P R F
+};
+
+struct Oracle {
+  std::string skip;   // why the oracle is unavailable; empty when it ran
+  std::string error;  // the oracle itself failed
+  std::string dict_path;
+  std::vector<SegmentCase> segment;
+  std::vector<RougeCase> rouge;
+};
+
+// A fresh directory for one oracle run, removed with the object.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "chatradio-jieba-XXXXXX").string();
+    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Reads "<len>\n<bytes>\n".
+std::string read_blob(std::istream& in) {
+  size_t n = 0;
+  in >> n;
+  in.get();
+  std::string s(n, '\0');
+  in.read(s.data(), static_cast<std::streamsize>(n));
+  in.get();
+  return s;
+}
+
+// Reads "<n>\n" and n blobs; false for the "-1\n" of a list the oracle left out.
+bool read_tokens(Tokens& dst, std::istream& in) {
+  long n = 0;
+  in >> n;
+  in.get();
+  if (n < 0) return false;
+  dst.resize(static_cast<size_t>(n));
+  for (std::string& t : dst) t = read_blob(in);
+  return true;
+}
+
+void read_segment(Oracle& dst, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  size_t count = 0;
+  in >> count;
+  in.get();
+  dst.segment.resize(count);
+  for (SegmentCase& c : dst.segment) {
+    std::getline(in, c.label);
+    c.text = read_blob(in);
+    read_tokens(c.jieba, in);
+    c.has_char = read_tokens(c.chars, in);
+  }
+  if (!in) throw std::runtime_error(path + ": truncated oracle output");
+}
+
+void read_rouge(Oracle& dst, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  size_t count = 0;
+  in >> count;
+  in.get();
+  dst.rouge.resize(count);
+  for (RougeCase& c : dst.rouge) {
+    std::getline(in, c.label);
+    std::getline(in, c.segmenter);
+    c.candidate = read_blob(in);
+    c.reference = read_blob(in);
+    std::string line;
+    std::getline(in, line);
+    std::istringstream ss(line);
+    for (double& v : c.expected) ss >> v;  // repr() of a double reads back exactly
+  }
+  if (!in) throw std::runtime_error(path + ": truncated oracle output");
+}
+
+Oracle run_oracle(const std::string& what) {
+  Oracle o;
+  if (!std::filesystem::exists(kPython)) {
+    o.skip = std::string(kPython) + " not found (apt-get install python3-jieba)";
+    return o;
+  }
+  const TempDir dir;
+  const std::string script = std::string(CHATRADIO_SOURCE_DIR) + "/tests/text/jieba_oracle.py";
+  const std::string err = dir.path() + "/stderr.txt";
+  const std::string cmd = std::string(kPython) + " '" + script + "' --shared '" + CHATRADIO_SHARED_DIR +
+                          "' --out '" + dir.path() + "' --what " + what + " 2>'" + err + "'";
+  const int status = std::system(cmd.c_str());
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (code == 3 || code == 4) {
+    o.skip = slurp(err);  // jieba or a test asset missing; the script says which
+    return o;
+  }
+  if (code != 0) {
+    o.error = "jieba_oracle.py exited with " + std::to_string(code) + ": " + slurp(err);
+    return o;
+  }
+  o.dict_path = slurp(dir.path() + "/dict_path");
+  while (!o.dict_path.empty() && o.dict_path.back() == '\n') o.dict_path.pop_back();
+  if (what == "segment") read_segment(o, dir.path() + "/segment.bin");
+  if (what == "rouge") read_rouge(o, dir.path() + "/rouge.bin");
+  return o;
+}
+
+// Tokens shown with their boundaries; control characters escaped so that
+// "\r\n" and " " tokens are visible. Test-only: the texts are public data.
+std::string show(const Tokens& tokens) {
+  std::string s;
+  for (const std::string& t : tokens) {
+    s += '[';
+    for (const char ch : t) {
+      if (static_cast<unsigned char>(ch) < 0x20) {
+        s += "\\x" + std::to_string(static_cast<int>(ch));
+      } else {
+        s += ch;
+      }
+    }
+    s += ']';
+  }
+  return s;
+}
+
+TEST(JiebaOracle, SegmentsLikePythonJieba) {
+  CHATRADIO_REQUIRE_SHARED("data/cov-ctr/reports_ZH_EN.csv");
+  const Oracle oracle = run_oracle("segment");
+  if (!oracle.skip.empty()) GTEST_SKIP() << oracle.skip;
+  ASSERT_TRUE(oracle.error.empty()) << oracle.error;
+
+  const auto t0 = std::chrono::steady_clock::now();
+  const JiebaDict dict = JiebaDict::load(oracle.dict_path);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(load_s, 1.0) << "loading " << oracle.dict_path << " took " << load_s << " s";
+  const JiebaSegmenter jieba(dict);
+  const CharSegmenter chars;
+
+  // Report the first few differences in full and count the rest.
+  constexpr int kShown = 8;
+  int jieba_diffs = 0, char_diffs = 0;
+  size_t cov_texts = 0, char_checked = 0, tokens = 0;
+  for (const SegmentCase& c : oracle.segment) {
+    const bool cov = c.label.starts_with("cov-ctr") && !c.label.ends_with("reports_En");
+    cov_texts += cov;
+    const Tokens ours = jieba.segment(c.text);
+    tokens += ours.size();
+    if (ours != c.jieba && ++jieba_diffs <= kShown) {
+      ADD_FAILURE() << c.label << ": jieba\n  ours:   " << show(ours) << "\n  python: " << show(c.jieba);
+    }
+    if (c.has_char) {
+      ++char_checked;
+      const Tokens ours_char = chars.segment(c.text);
+      if (ours_char != c.chars && ++char_diffs <= kShown) {
+        ADD_FAILURE() << c.label << ": char\n  ours:   " << show(ours_char) << "\n  python: " << show(c.chars);
+      }
+    }
+  }
+  EXPECT_EQ(cov_texts, 1200u) << "every findings and impression of the 600 COV-CTR rows";
+  EXPECT_GE(char_checked, 1600u) << "texts whose characters the python char segmenter models";
+  EXPECT_EQ(jieba_diffs, 0) << "texts whose tokens differ from jieba.cut(text, HMM=False)";
+  EXPECT_EQ(char_diffs, 0) << "texts whose char-segmenter tokens differ from the python rules";
+  std::cout << oracle.segment.size() << " texts (" << char_checked << " also through the char segmenter), "
+            << tokens << " jieba tokens, dictionary of " << dict.size() << " words and prefixes loaded in "
+            << load_s << " s\n";
+}
+
+TEST(JiebaOracle, RougeLikeRougeScoreDefinitions) {
+  CHATRADIO_REQUIRE_SHARED("data/cov-ctr/reports_ZH_EN.csv");
+  const Oracle oracle = run_oracle("rouge");
+  if (!oracle.skip.empty()) GTEST_SKIP() << oracle.skip;
+  ASSERT_TRUE(oracle.error.empty()) << oracle.error;
+  ASSERT_GE(oracle.rouge.size(), 100u);
+
+  const JiebaDict dict = JiebaDict::load(oracle.dict_path);
+  size_t by_segmenter[3] = {};
+  for (const RougeCase& c : oracle.rouge) {
+    const auto seg = make_segmenter(c.segmenter, &dict);
+    by_segmenter[c.segmenter == "char" ? 0 : c.segmenter == "jieba" ? 1 : 2]++;
+    const RougeScores s = rouge(c.candidate, c.reference, *seg);
+    const double ours[9] = {s.rouge1.precision, s.rouge1.recall, s.rouge1.f1, s.rouge2.precision, s.rouge2.recall,
+                            s.rouge2.f1,        s.rougeL.precision, s.rougeL.recall, s.rougeL.f1};
+    // Same integer counts and the same double operations in the same order:
+    // the scores agree to the bit, not just approximately.
+    for (int k = 0; k < 9; ++k) {
+      EXPECT_EQ(ours[k], c.expected[k]) << c.label << " (" << c.segmenter << ") value " << k;
+    }
+  }
+  EXPECT_GE(by_segmenter[0], 50u);
+  EXPECT_GE(by_segmenter[1], 50u);
+  EXPECT_GE(by_segmenter[2], 20u);
+}
+
+}  // namespace
+}  // namespace chatradio::text

@@ -31,12 +31,14 @@ constexpr const char* kHelp =
     "  --top-p P                 nucleus sampling mass in (0, 1] (default 1 = off)\n"
     "  --repetition-penalty R    > 0, 1 = off (default 1)\n"
     "  --seed S                  RNG seed (default 0); same seed, same output\n"
+    "  --quantize int4           quantize a float checkpoint to int4 at load (GPTQ ones are int4 already)\n"
+    "  --threads N               CPU threads (default 1)\n"
     "  --ids                     print token ids (prompt with BOS, then generated) instead of text\n";
 
 int run(int argc, char** argv) {
   const Args args(argc, argv,
                   {"model", "prompt", "max-tokens", "temperature", "top-k", "top-p",
-                   "repetition-penalty", "seed"},
+                   "repetition-penalty", "seed", "quantize", "threads"},
                   {"ids", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -53,6 +55,11 @@ int run(int argc, char** argv) {
   sp.seed = static_cast<uint64_t>(args.integer("seed", 0, 0, INT64_MAX));
   if (const std::string err = model::validate(sp); !err.empty()) throw UsageError(err);
   const bool print_ids = args.has("ids");
+  model::LoadOptions load;
+  if (args.has("quantize")) {
+    if (args.str("quantize") != "int4") throw UsageError("--quantize supports only 'int4'");
+    load.format = model::WeightFormat::kInt4;
+  }
 
   const model::Tokenizer tok = model::Tokenizer::load(dir + "/tokenizer.model");
   const std::vector<int32_t> ids = tok.encode(prompt, /*add_bos=*/true);
@@ -60,9 +67,10 @@ int run(int argc, char** argv) {
   // Size the KV pool for exactly this sequence: f32 KV of a 7B model at full
   // context would be gigabytes.
   model::CpuBackendOptions opts;
+  opts.n_threads = static_cast<int>(args.integer("threads", 1, 1, 256));
   const int64_t positions = static_cast<int64_t>(ids.size()) + max_tokens;
   opts.n_kv_blocks = static_cast<int>(std::max<int64_t>(1, (positions + opts.kv_block_size - 1) / opts.kv_block_size));
-  model::CpuLlama llama(cfg, model::load_llama_weights(cfg, dir), opts);
+  model::CpuLlama llama(cfg, model::load_llama_weights(cfg, dir, load), opts);
 
   if (print_ids) {
     for (size_t i = 0; i < ids.size(); ++i) std::printf(i ? " %d" : "%d", ids[i]);

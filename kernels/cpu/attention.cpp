@@ -51,25 +51,26 @@ void attention(float* out, const float* q, const float* k_cache, const float* v_
   int max_ctx = 1;
   for (int s = 0; s < batch.n_seqs; ++s) max_ctx = std::max(max_ctx, batch.ctx_len[s]);
 
-  // Task = one query row (all heads): rows of one sequence are found by a
-  // search over q_start, so no per-call index arrays are needed.
-  auto run = [&](int row, float* scores) {
+  // Task = one (query row, head) pair, so a single decoding sequence still
+  // spreads its heads over the threads. The row's sequence is found by a
+  // search over q_start: no per-call index arrays.
+  auto run = [&](int task, float* scores) {
+    const int row = task / shape.n_heads, h = task % shape.n_heads;
     const int s = static_cast<int>(std::upper_bound(batch.q_start, batch.q_start + batch.n_seqs + 1, row) -
                                    batch.q_start) - 1;
     const int n_new = batch.q_start[s + 1] - batch.q_start[s];
     const int pos = batch.ctx_len[s] - n_new + (row - batch.q_start[s]);
     const int32_t* table = batch.block_tables + static_cast<int64_t>(s) * batch.max_blocks;
-    for (int h = 0; h < shape.n_heads; ++h) {
-      attend(out + row * q_row + h * hd, q + row * q_row + h * hd, k_cache, v_cache, table, pos, h / group,
-             shape, scores);
-    }
+    attend(out + row * q_row + h * hd, q + row * q_row + h * hd, k_cache, v_cache, table, pos, h / group, shape,
+           scores);
   };
+  const int n_tasks = n_q * shape.n_heads;
   if (pool) {
     float* scratch = reinterpret_cast<float*>(pool->workspace(sizeof(float) * max_ctx * pool->size()));
-    pool->parallel_for(n_q, [&](int row, int thread) { run(row, scratch + static_cast<int64_t>(thread) * max_ctx); });
+    pool->parallel_for(n_tasks, [&](int task, int thread) { run(task, scratch + static_cast<int64_t>(thread) * max_ctx); });
   } else {
     std::vector<float> scores(max_ctx);
-    for (int row = 0; row < n_q; ++row) run(row, scores.data());
+    for (int task = 0; task < n_tasks; ++task) run(task, scores.data());
   }
 }
 

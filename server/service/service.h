@@ -1,0 +1,109 @@
+// chatradio.v1.ImpressionService on the engine. Each handler runs one way:
+//   auth -> readiness -> validate -> render template -> tokenize -> context
+//   check -> engine.generate/score -> stream deltas -> response
+// and ends in exactly one request log line and one metrics sample.
+//
+// Handlers use gRPC's synchronous API: a handler thread waits on its engine
+// Handle with next_for() and polls ServerContext::IsCancelled() between waits,
+// so a client that goes away (or a deadline that passes) frees its engine
+// request within one poll interval.
+//
+// Requests arrive as raw bytes and are parsed here, not by gRPC: protobuf
+// refuses proto3 strings that are not UTF-8, and gRPC would answer such a
+// request with a bare INTERNAL. Parsing ourselves turns it into
+// INVALID_ARGUMENT naming the field and byte offset, like every other check.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include <grpcpp/impl/service_type.h>
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/sync_stream.h>
+
+#include "chatradio/v1/impression_service.pb.h"
+#include "model/backend.h"
+#include "model/tokenizer.h"
+#include "server/engine/engine.h"
+#include "server/prompt/guards.h"
+#include "server/prompt/templates.h"
+#include "server/service/auth.h"
+#include "server/service/metrics.h"
+#include "server/service/options.h"
+#include "server/service/request_log.h"
+#include "server/service/request_mapping.h"
+
+namespace chatradio::text {
+class JiebaDict;
+}
+
+namespace chatradio::service {
+
+// The loaded model and its engine. Immutable once published to the service;
+// the server destroys it only after the gRPC server has stopped.
+struct Runtime {
+  model::Tokenizer tokenizer;
+  std::unique_ptr<model::Backend> backend;
+  std::unique_ptr<engine::Engine> engine;  // declared after backend: destroyed first
+  v1::ModelInfo info;
+  int context = 0;  // model positions
+};
+
+// What the handlers share with the server that owns them.
+struct ServiceDeps {
+  const ServerOptions* opts = nullptr;
+  const prompt::TemplateSet* templates = nullptr;
+  const TokenAuth* auth = nullptr;
+  const text::JiebaDict* jieba = nullptr;  // null: SEGMENTER_JIEBA fails with FAILED_PRECONDITION
+  ServiceMetrics* metrics = nullptr;
+  Logger* log = nullptr;
+};
+
+// Registers the methods of chatradio.v1.ImpressionService itself (same names
+// and types as the generated Service) with byte-buffer requests.
+class ImpressionServiceImpl final : public grpc::Service {
+ public:
+  explicit ImpressionServiceImpl(ServiceDeps deps);
+
+  // Published by the server once warm-up succeeded; null = not ready (UNAVAILABLE).
+  void set_runtime(const Runtime* rt) { runtime_.store(rt, std::memory_order_release); }
+  // New requests fail with UNAVAILABLE; requests in flight go on.
+  void set_draining(bool d) { draining_.store(d, std::memory_order_release); }
+
+  grpc::Status GenerateImpression(grpc::ServerContext* ctx, const grpc::ByteBuffer* req,
+                                  v1::GenerateImpressionResponse* resp);
+  grpc::Status StreamImpression(grpc::ServerContext* ctx, const grpc::ByteBuffer* req,
+                                grpc::ServerWriter<v1::StreamImpressionResponse>* writer);
+  grpc::Status Score(grpc::ServerContext* ctx, const grpc::ByteBuffer* req, v1::ScoreResponse* resp);
+
+  // How often a waiting handler checks for cancellation.
+  static constexpr std::chrono::milliseconds kPoll{20};
+
+ private:
+  struct Scope;      // one RPC's record, timings and end-of-request bookkeeping
+  class TextStream;  // streamed deltas with the blank-prefix hold-back
+  struct Attempt;    // one engine submission's result
+
+  grpc::Status admit(const grpc::ServerContext& ctx, const Runtime*& rt) const;
+  grpc::Status generate(grpc::ServerContext* ctx, const v1::GenerateImpressionRequest& req,
+                        v1::GenerateImpressionResponse& dst, Scope& scope,
+                        grpc::ServerWriter<v1::StreamImpressionResponse>* writer);
+  grpc::Status score(grpc::ServerContext* ctx, const v1::ScoreRequest& req, v1::ScoreResponse& dst, Scope& scope);
+  grpc::Status finish(Scope& scope, grpc::Status status);
+  grpc::Status refuse(Scope& scope, const grpc::ServerContext& ctx, grpc::Status parse_error);
+  uint64_t fresh_seed();
+  std::string next_request_id();
+
+  ServiceDeps deps_;
+  std::unique_ptr<prompt::RepetitionDetector> detector_;  // null when the guard is off
+  std::atomic<const Runtime*> runtime_{nullptr};
+  std::atomic<bool> draining_{false};
+  std::atomic<uint64_t> seed_state_;
+  std::atomic<uint64_t> request_counter_{0};
+  std::string id_prefix_;  // per process, so ids from restarts do not collide
+};
+
+}  // namespace chatradio::service

@@ -106,7 +106,9 @@ int main(int argc, char** argv) {
     // Fill the cache up to `context` (beyond the prefill, by more prefill).
     for (int pos = prefill; pos < context; pos += 64) {
       const int n = std::min(64, context - pos);
-      r.step(std::vector<int32_t>(prompt.begin(), prompt.begin() + n), pos);
+      std::vector<int32_t> fill(n);  // [n] arbitrary in-vocabulary tokens
+      for (int i = 0; i < n; ++i) fill[i] = 3 + ((pos + i) * 7919) % (vocab - 3);
+      r.step(fill, pos);
     }
     const double decode_ctx = r.decode(context, decode);
 

@@ -28,4 +28,11 @@ class Backend {
   virtual void copy_kv_block(int dst, int src) = 0;
 };
 
+// The checks every backend makes before running a batch (non-empty, positions
+// within the model, enough KV blocks and all in range, tokens in the
+// vocabulary, logits buffer large enough). Throws ModelError naming the
+// sequence and the problem.
+void validate_batch(const Batch& batch, const LlamaConfig& cfg, int n_kv_blocks, int kv_block_size,
+                    size_t logits_size);
+
 }  // namespace chatradio::model

@@ -151,38 +151,8 @@ std::unique_ptr<CpuLlama> CpuLlama::load(const std::string& model_dir, const Cpu
   return std::make_unique<CpuLlama>(cfg, std::move(w), opts);
 }
 
-void CpuLlama::validate(const Batch& batch, size_t logits_size) const {
-  if (batch.seqs.empty()) throw ModelError("batch has no sequences");
-  for (size_t i = 0; i < batch.seqs.size(); ++i) {
-    const SeqSlice& s = batch.seqs[i];
-    const std::string where = "batch sequence " + std::to_string(i) + ": ";
-    if (s.tokens.empty()) throw ModelError(where + "no tokens to compute");
-    if (s.start_pos < 0) throw ModelError(where + "negative start position");
-    const int64_t end = static_cast<int64_t>(s.start_pos) + static_cast<int64_t>(s.tokens.size());
-    if (end > cfg_.max_position_embeddings) {
-      throw ModelError(where + "position " + std::to_string(end - 1) + " beyond the model's " +
-                       std::to_string(cfg_.max_position_embeddings) + " positions");
-    }
-    const int64_t need = (end + opts_.kv_block_size - 1) / opts_.kv_block_size;
-    if (static_cast<int64_t>(s.blocks.size()) < need) {
-      throw ModelError(where + "needs " + std::to_string(need) + " KV blocks, has " +
-                       std::to_string(s.blocks.size()));
-    }
-    for (int32_t b : s.blocks) {
-      if (b < 0 || b >= opts_.n_kv_blocks) throw ModelError(where + "KV block id out of range");
-    }
-    for (int32_t t : s.tokens) {
-      if (t < 0 || t >= cfg_.vocab_size) {
-        throw ModelError(where + "token id " + std::to_string(t) + " outside the vocabulary");
-      }
-    }
-  }
-  const size_t rows = static_cast<size_t>(batch.n_logit_rows());
-  if (logits_size < rows * cfg_.vocab_size) throw ModelError("logits buffer too small for the batch");
-}
-
 void CpuLlama::forward(std::span<float> logits, const Batch& batch) {
-  validate(batch, logits.size());
+  validate_batch(batch, cfg_, opts_.n_kv_blocks, opts_.kv_block_size, logits.size());
   const int d = cfg_.hidden_size, kv = cfg_.kv_dim(), ff = cfg_.intermediate_size;
   const int n = batch.n_tokens(), n_seqs = static_cast<int>(batch.seqs.size());
   const int bs = opts_.kv_block_size;

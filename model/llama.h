@@ -84,8 +84,6 @@ class CpuLlama final : public Backend {
   void copy_kv_block(int dst, int src) override;
 
  private:
-  void validate(const Batch& batch, size_t logits_size) const;
-
   LlamaConfig cfg_;
   LlamaWeights w_;
   CpuBackendOptions opts_;

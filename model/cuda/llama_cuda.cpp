@@ -485,6 +485,15 @@ std::unique_ptr<CudaLlama> CudaLlama::synthetic(const LlamaConfig& cfg, const Cu
   return m;
 }
 
+int CudaLlama::device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the "no device" error
+    return 0;
+  }
+  return count;
+}
+
 size_t CudaLlama::weight_bytes() const { return impl_->weight_bytes; }
 size_t CudaLlama::kv_bytes() const { return impl_->kv_bytes; }
 size_t CudaLlama::buffer_bytes() const { return impl_->buffer_bytes; }

@@ -52,6 +52,9 @@ class CudaLlama final : public Backend {
   // must be multiples of 128.
   static std::unique_ptr<CudaLlama> synthetic(const LlamaConfig& cfg, const CudaBackendOptions& opts,
                                               uint64_t seed);
+  // GPUs this process can use (0 when there is no driver or no device): lets a
+  // server fall back to the CPU backend.
+  static int device_count();
   ~CudaLlama() override;
   CudaLlama(const CudaLlama&) = delete;
   CudaLlama& operator=(const CudaLlama&) = delete;

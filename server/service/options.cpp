@@ -69,6 +69,13 @@ const std::vector<Spec>& specs() {
     std::vector<Spec> t;
     t.push_back(path_opt("model", "DIR", "Hugging Face Llama directory (config.json, safetensors, tokenizer.model); required",
                          &ServerOptions::model_dir));
+    {
+      Spec s{"backend", "auto|cpu|cuda",
+             "where the model runs: auto = CUDA when built with it and a GPU is present, else CPU (default auto)",
+             Kind::kChoice, 0, 0, {"auto", "cpu", "cuda"}, nullptr};
+      s.set = [](ServerOptions& o, const std::string& v) { o.backend = v; };
+      t.push_back(std::move(s));
+    }
     t.push_back(int_opt("threads", "CPU threads for the forward pass (default: all cores)", 1, 4096,
                         &ServerOptions::threads));
     t.push_back(int_opt("kv-blocks", "KV cache pool size in blocks (default 256)", 1, 1 << 24,

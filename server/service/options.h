@@ -25,6 +25,8 @@ enum class Preset : uint8_t { kPaper, kGreedy };
 struct ServerOptions {
   // Model and backend.
   std::string model_dir;              // required: Hugging Face Llama directory
+  // "auto": CUDA when this build has it and a GPU is present, else CPU.
+  std::string backend = "auto";       // auto | cpu | cuda
   int threads = 0;                    // 0 = std::thread::hardware_concurrency()
   int kv_blocks = 256;                // KV pool size in blocks
   int kv_block_size = 16;             // tokens per KV block

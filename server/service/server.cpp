@@ -17,6 +17,9 @@
 
 #include "model/errors.h"
 #include "model/llama.h"
+#ifdef CHATRADIO_WITH_CUDA
+#include "model/cuda/llama_cuda.h"
+#endif
 #include "server/service/health.h"
 #include "server/text/segment.h"
 
@@ -187,7 +190,6 @@ v1::ModelInfo ChatradioServer::model_info(const std::string& dir) {
   if (p.filename().empty()) p = p.parent_path();
   info.set_name(p.filename().string());
   info.set_version(fingerprint(dir));
-  info.set_backend("cpu");  // the only backend this server builds today
   return info;
 }
 
@@ -205,7 +207,25 @@ void ChatradioServer::load_and_warm_up() {
     lo.format = model::WeightFormat::kInt4;
     lo.group_size = opts_.quantize_group_size;
   }
-  rt->backend = model::CpuLlama::load(opts_.model_dir, bo, lo);
+  std::string backend_name = "cpu";
+#ifdef CHATRADIO_WITH_CUDA
+  if (opts_.backend == "cuda" || (opts_.backend == "auto" && model::CudaLlama::device_count() > 0)) {
+    // The GPU always runs int4: CudaLlama quantizes float checkpoints at load.
+    model::CudaBackendOptions co;
+    co.n_kv_blocks = opts_.kv_blocks;
+    co.kv_block_size = opts_.kv_block_size;
+    co.max_tokens = std::max(co.max_tokens, opts_.token_budget);
+    co.max_seqs = std::max(co.max_seqs, opts_.max_batch_size);
+    rt->backend = model::CudaLlama::load(opts_.model_dir, co,
+                                         model::LoadOptions{model::WeightFormat::kInt4, opts_.quantize_group_size});
+    backend_name = "cuda";
+  }
+#else
+  if (opts_.backend == "cuda") {
+    throw model::ModelError("--backend cuda: this build of chatradio-server has no CUDA backend (no nvcc at build time)");
+  }
+#endif
+  if (!rt->backend) rt->backend = model::CpuLlama::load(opts_.model_dir, bo, lo);
   if (hooks_.wrap_backend) rt->backend = hooks_.wrap_backend(std::move(rt->backend));
   const model::LlamaConfig& cfg = rt->backend->config();
   if (rt->tokenizer.vocab_size() > cfg.vocab_size) {
@@ -214,6 +234,7 @@ void ChatradioServer::load_and_warm_up() {
   }
   rt->context = cfg.max_position_embeddings;
   rt->info = model_info(opts_.model_dir);
+  rt->info.set_backend(backend_name);
   rt->info.set_weights(weights_name(opts_.model_dir, opts_.quantize, opts_.quantize_group_size));
   rt->engine = std::make_unique<engine::Engine>(
       *rt->backend,

@@ -15,10 +15,10 @@
 #include <thread>
 #include <vector>
 
-#include "bench/report_data.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "server/engine/engine.h"
+#include "tests/common/csv.h"
 
 namespace {
 
@@ -70,8 +70,8 @@ int main(int argc, char** argv) {
   }
   try {
     // English IU X-ray and Chinese COV-CTR findings, interleaved.
-    std::vector<std::string> findings = bench::csv_column(data + "/iu-xray/indiana_reports.csv", "findings");
-    const auto zh = bench::csv_column(data + "/cov-ctr/reports_ZH_EN.csv", "findings");
+    std::vector<std::string> findings = chatradio::testing::csv_column(data + "/iu-xray/indiana_reports.csv", "findings");
+    const auto zh = chatradio::testing::csv_column(data + "/cov-ctr/reports_ZH_EN.csv", "findings");
     for (size_t i = 0; i < zh.size() && i < findings.size(); ++i) findings.insert(findings.begin() + 2 * i, zh[i]);
     if (findings.empty()) throw std::runtime_error("no reports found under " + data);
 

@@ -12,13 +12,12 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <fstream>
 #include <limits>
-#include <set>
-#include <sstream>
 #include <vector>
 
 #include "model/errors.h"
+#include "model/file_util.h"
+#include "model/json_util.h"
 
 namespace chatradio::model {
 namespace {
@@ -111,30 +110,8 @@ class ConfigReader {
 // nlohmann keeps the last of duplicated keys silently; a config that says
 // "hidden_size" twice is ambiguous, so we find duplicates while parsing.
 json parse_rejecting_duplicates(const std::string& text, const std::string& source) {
-  std::vector<std::set<std::string>> open_objects;
   std::string duplicate;
-  json::parser_callback_t cb = [&](int, json::parse_event_t ev, json& parsed) {
-    if (ev == json::parse_event_t::object_start) {
-      open_objects.emplace_back();
-    } else if (ev == json::parse_event_t::object_end) {
-      if (!open_objects.empty()) open_objects.pop_back();
-    } else if (ev == json::parse_event_t::key && !open_objects.empty()) {
-      if (!open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-        duplicate = parsed.get<std::string>();
-    }
-    return true;
-  };
-  // nlohmann treats a NUL byte as the end of input; text after it would be
-  // silently ignored.
-  if (size_t nul = text.find('\0'); nul != std::string::npos)
-    throw ModelError(source + ": invalid JSON: NUL byte at offset " + std::to_string(nul));
-  json root;
-  try {
-    root = json::parse(text, cb);
-  } catch (const json::parse_error& e) {
-    // e.what() carries line/column and the offending token.
-    throw ModelError(source + ": invalid JSON: " + e.what());
-  }
+  json root = parse_json_strict(text.data(), text.data() + text.size(), source, &duplicate);
   if (!duplicate.empty()) throw ModelError(source + ": field '" + duplicate + "': appears twice");
   return root;
 }
@@ -233,12 +210,7 @@ LlamaConfig parse_llama_config(const std::string& json_text, const std::string& 
 
 LlamaConfig load_llama_config(const std::string& model_dir) {
   const std::string path = model_dir + "/config.json";
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ModelError(path + ": cannot open config file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw ModelError(path + ": read error");
-  return parse_llama_config(ss.str(), path);
+  return parse_llama_config(read_text_file(path, "cannot open config file"), path);
 }
 
 }  // namespace chatradio::model

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <stdexcept>
 
+#include "kernels/cpu/unaligned.h"
 #include "model/errors.h"
 
 namespace chatradio::model {
@@ -12,44 +12,14 @@ namespace {
 
 using kernels::cpu::float_to_half;
 using kernels::cpu::half_to_float;
-
-// Checkpoint data may be unaligned (mmapped): read through memcpy.
-int32_t load_i32(const void* base, int64_t index) {
-  int32_t v;
-  std::memcpy(&v, static_cast<const uint8_t*>(base) + index * 4, 4);
-  return v;
-}
-uint16_t load_u16(const void* base, int64_t index) {
-  uint16_t v;
-  std::memcpy(&v, static_cast<const uint8_t*>(base) + index * 2, 2);
-  return v;
-}
-
-// Local on purpose: safetensors.cpp (dtype_name) is another module's file.
-const char* dtype_str(DType t) {
-  switch (t) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
-    case DType::I8: return "I8";
-    case DType::U8: return "U8";
-  }
-  return "?";
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
+using kernels::cpu::load_i32;
+using kernels::cpu::load_u16;
 
 void check_tensor(const std::string& name, const TensorView& t, DType dtype, size_t elem_size,
                   const std::vector<int64_t>& shape) {
-  const std::string want = std::string(dtype_str(dtype)) + " " + shape_str(shape);
+  const std::string want = std::string(dtype_name(dtype)) + " " + shape_str(shape);
   if (t.dtype != dtype || t.shape != shape) {
-    throw ModelError(name + ": expected " + want + ", got " + dtype_str(t.dtype) + " " + shape_str(t.shape));
+    throw ModelError(name + ": expected " + want + ", got " + dtype_name(t.dtype) + " " + shape_str(t.shape));
   }
   int64_t numel = 1;
   for (int64_t d : shape) numel *= d;

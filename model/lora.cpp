@@ -1,22 +1,14 @@
 #include "model/lora.h"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "model/errors.h"
+#include "model/file_util.h"
+#include "model/json_util.h"
 
 namespace chatradio::model {
 
 namespace {
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw ModelError(path + ": cannot open");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // PEFT names adapter tensors "base_model.model.<base name without .weight>.lora_A.weight"
 // (sometimes with an adapter name, ".lora_A.default.weight"). Returns the base
@@ -38,13 +30,7 @@ bool split_lora_name(const std::string& name, std::string* base, char* half) {
 }  // namespace
 
 LoraConfig parse_lora_config(const std::string& json_text, const std::string& source) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(json_text);
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelError(source + ": invalid JSON: " + e.what());
-  }
-  if (!j.is_object()) throw ModelError(source + ": not a JSON object");
+  nlohmann::json j = parse_json_object(json_text, source);
   auto reject_if = [&](const char* key, auto bad) {
     if (j.contains(key) && !j[key].is_null() && bad(j[key])) {
       throw ModelError(source + ": field '" + key + "' = " + j[key].dump() + " is not supported");
@@ -72,7 +58,7 @@ LoraConfig parse_lora_config(const std::string& json_text, const std::string& so
 }
 
 LoraAdapter::LoraAdapter(const std::string& dir)
-    : cfg_(parse_lora_config(read_text(dir + "/adapter_config.json"), dir + "/adapter_config.json")),
+    : cfg_(parse_lora_config(read_text_file(dir + "/adapter_config.json"), dir + "/adapter_config.json")),
       file_(std::make_unique<SafetensorsFile>(dir + "/adapter_model.safetensors")) {
   for (const auto& [name, view] : file_->tensors()) {
     std::string base;

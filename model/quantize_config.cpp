@@ -1,22 +1,16 @@
 #include "model/quantize_config.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "model/errors.h"
+#include "model/file_util.h"
+#include "model/json_util.h"
 
 namespace chatradio::model {
 
 QuantizeConfig parse_quantize_config(const std::string& json_text, const std::string& source) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(json_text);
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelError(source + ": invalid JSON: " + e.what());
-  }
-  if (!j.is_object()) throw ModelError(source + ": not a JSON object");
+  nlohmann::json j = parse_json_object(json_text, source);
   QuantizeConfig c;
   auto field = [&](const char* key, auto* dst) {
     if (!j.contains(key) || j[key].is_null()) return;
@@ -67,11 +61,7 @@ bool is_gptq_checkpoint(const std::string& model_dir) {
 
 QuantizeConfig load_quantize_config(const std::string& model_dir) {
   const std::string path = model_dir + "/quantize_config.json";
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw ModelError(path + ": cannot open");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return parse_quantize_config(ss.str(), path);
+  return parse_quantize_config(read_text_file(path), path);
 }
 
 }  // namespace chatradio::model

@@ -8,12 +8,11 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <set>
-#include <sstream>
 
 #include "model/errors.h"
+#include "model/file_util.h"
 #include "model/lora.h"
 #include "model/quantize_config.h"
 
@@ -29,14 +28,6 @@ constexpr const char* kSideFiles[] = {"tokenizer.model",         "tokenizer.json
 // Elements converted per slice when a tensor only changes dtype: bounds the
 // scratch buffers (and so peak memory) to 24 MB whatever the tensor size.
 constexpr int64_t kSliceElems = int64_t{1} << 22;
-
-std::string read_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw ModelError(path + ": cannot open");
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // Elements [begin, begin + n) of a tensor, as a flat view.
 TensorView slice(const TensorView& t, int64_t begin, int64_t n) {
@@ -218,7 +209,7 @@ QuantizeResult quantize_checkpoint(const std::string& out_dir, const std::string
   if (is_gptq_checkpoint(model_dir))
     throw ModelError(model_dir + ": already a GPTQ checkpoint (quantize_config.json present); quantize needs a float one");
   const LlamaConfig cfg = load_llama_config(model_dir);
-  const std::string config_text = read_text(model_dir + "/config.json");
+  const std::string config_text = read_text_file(model_dir + "/config.json");
   gptq_shape(1, 1, opts.group_size);  // rejects a bad group size before any work
   const Checkpoint ckpt(model_dir);
   const std::vector<LlamaTensor> tensors = llama_tensors(cfg);

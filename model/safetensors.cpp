@@ -21,12 +21,11 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
-#include <set>
-#include <sstream>
 
 #include "model/errors.h"
+#include "model/file_util.h"
+#include "model/json_util.h"
 
 namespace chatradio::model {
 namespace {
@@ -38,12 +37,6 @@ using nlohmann::json;
 constexpr uint64_t kMaxHeaderBytes = 100ull * 1000 * 1000;
 
 std::string errno_text() { return std::strerror(errno); }
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 bool parse_dtype(const std::string& s, DType* out) {
   static constexpr struct {
@@ -59,34 +52,6 @@ bool parse_dtype(const std::string& s, DType* out) {
   return false;
 }
 
-// Parses JSON text and reports the first duplicated object key (nlohmann
-// would otherwise keep the last one silently; two entries for one tensor name
-// would make the file mean different things to different readers).
-json parse_json(const char* begin, const char* end, const std::string& path, std::string* duplicate) {
-  // nlohmann stops at a NUL byte as if the input ended there, which would let
-  // "{...}\0<anything>" pass; the reference parser rejects it, so do we.
-  if (const void* nul = std::memchr(begin, '\0', static_cast<size_t>(end - begin)))
-    throw ModelError(path + ": invalid JSON: NUL byte at offset " +
-                     std::to_string(static_cast<const char*>(nul) - begin));
-  std::vector<std::set<std::string>> open_objects;
-  json::parser_callback_t cb = [&](int, json::parse_event_t ev, json& parsed) {
-    if (ev == json::parse_event_t::object_start) {
-      open_objects.emplace_back();
-    } else if (ev == json::parse_event_t::object_end) {
-      if (!open_objects.empty()) open_objects.pop_back();
-    } else if (ev == json::parse_event_t::key && !open_objects.empty()) {
-      const std::string& k = parsed.get_ref<const std::string&>();
-      if (!open_objects.back().insert(k).second && duplicate->empty()) *duplicate = k;
-    }
-    return true;
-  };
-  try {
-    return json::parse(begin, end, cb);
-  } catch (const json::parse_error& e) {
-    throw ModelError(path + ": invalid JSON: " + e.what());
-  }
-}
-
 // A JSON integer >= 0 as uint64; false for floats, negatives, other types.
 bool non_negative_integer(const json& v, uint64_t* out) {
   if (v.is_number_unsigned()) {
@@ -98,15 +63,6 @@ bool non_negative_integer(const json& v, uint64_t* out) {
     return true;
   }
   return false;
-}
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ModelError(path + ": cannot open: " + errno_text());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) throw ModelError(path + ": read error");
-  return ss.str();
 }
 
 // Shard names come from a file we do not trust; only a plain name inside the
@@ -148,6 +104,12 @@ size_t dtype_size(DType t) {
     case DType::I8: case DType::U8: return 1;
   }
   return 0;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
 }
 
 int64_t TensorView::numel() const {
@@ -202,7 +164,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
 
     const char* hbegin = reinterpret_cast<const char*>(base + 8);
     std::string duplicate;
-    json header = parse_json(hbegin, hbegin + header_len, path, &duplicate);
+    json header = parse_json_strict(hbegin, hbegin + header_len, path, &duplicate);
     if (!header.is_object())
       throw ModelError(path + ": header must be a JSON object, got " + std::string(header.type_name()));
     if (!duplicate.empty())
@@ -320,9 +282,9 @@ Checkpoint::Checkpoint(const std::string& model_dir) : dir_(model_dir) {
   if (!is_file(index_path))
     throw ModelError(model_dir + ": no checkpoint found (expected model.safetensors or model.safetensors.index.json)");
 
-  const std::string text = read_text_file(index_path);
+  const std::string text = read_text_file(index_path, "cannot open", /*with_errno=*/true);
   std::string duplicate;
-  json index = parse_json(text.data(), text.data() + text.size(), index_path, &duplicate);
+  json index = parse_json_strict(text.data(), text.data() + text.size(), index_path, &duplicate);
   if (!index.is_object()) throw ModelError(index_path + ": expected a JSON object");
   if (!duplicate.empty()) throw ModelError(index_path + ": key '" + duplicate + "' appears twice");
   auto wm = index.find("weight_map");

@@ -19,6 +19,8 @@ enum class DType { F32, F16, BF16, I32, I64, I8, U8 };
 
 const char* dtype_name(DType t);
 size_t dtype_size(DType t);
+// "[a, b, c]", for error messages.
+std::string shape_str(const std::vector<int64_t>& shape);
 
 // A view of one tensor inside a mapped file; valid while its SafetensorsFile lives.
 struct TensorView {

@@ -6,16 +6,13 @@
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <queue>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "model/errors.h"
+#include "model/file_util.h"
 #include "model/sentencepiece_proto.h"
 
 namespace chatradio::model {
@@ -105,11 +102,7 @@ std::string read_file(const std::string& path) {
   if (std::filesystem::is_directory(path, ec)) {
     throw ModelError(path + ": is a directory, expected a tokenizer.model file");
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ModelError(path + ": cannot open tokenizer model: " + std::strerror(errno));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw ModelError(path + ": read error");
-  return bytes;
+  return read_text_file(path, "cannot open tokenizer model", /*with_errno=*/true);
 }
 
 }  // namespace

@@ -12,21 +12,10 @@
 #include <vector>
 
 #include "kernels/cpu/q4.h"
+#include "kernels/cpu/unaligned.h"
 
 namespace chatradio::kernels::cpu {
 namespace {
-
-// Checkpoint data may be unaligned (mmapped safetensors): read through memcpy.
-int32_t load_i32(const void* base, int64_t index) {
-  int32_t v;
-  std::memcpy(&v, static_cast<const uint8_t*>(base) + index * 4, 4);
-  return v;
-}
-uint16_t load_u16(const void* base, int64_t index) {
-  uint16_t v;
-  std::memcpy(&v, static_cast<const uint8_t*>(base) + index * 2, 2);
-  return v;
-}
 
 uint32_t float_bits(float f) {
   uint32_t u;

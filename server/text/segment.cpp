@@ -14,14 +14,22 @@ namespace chatradio::text {
 
 // ---------------------------------------------------------------- char, english
 
+namespace {
+
+// Ends the token being built (the characters of one word, in `run`): appends it to
+// `dst` when it has any, and leaves `run` empty for the next one.
+void flush_run(std::vector<std::string>& dst, std::string& run) {
+  if (!run.empty()) {
+    dst.push_back(std::move(run));
+    run.clear();
+  }
+}
+
+}  // namespace
+
 void CharSegmenter::segment_into(std::vector<std::string>& dst, std::string_view text) const {
   std::string run;
-  const auto flush = [&] {
-    if (!run.empty()) {
-      dst.push_back(std::move(run));
-      run.clear();
-    }
-  };
+  const auto flush = [&] { flush_run(dst, run); };
   for (size_t pos = 0; pos < text.size();) {
     const Utf8Char c = decode_utf8(text, pos);
     const std::string_view bytes = text.substr(pos, c.len);
@@ -57,12 +65,7 @@ void CharSegmenter::segment_into(std::vector<std::string>& dst, std::string_view
 
 void EnglishSegmenter::segment_into(std::vector<std::string>& dst, std::string_view text) const {
   std::string run;
-  const auto flush = [&] {
-    if (!run.empty()) {
-      dst.push_back(std::move(run));
-      run.clear();
-    }
-  };
+  const auto flush = [&] { flush_run(dst, run); };
   for (size_t pos = 0; pos < text.size();) {
     const Utf8Char c = decode_utf8(text, pos);
     pos += c.len;

@@ -10,10 +10,8 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,62 +19,18 @@
 #include "server/prompt/guards.h"
 #include "server/prompt/templates.h"
 #include "server/prompt/validate.h"
+#include "tests/common/csv.h"
 #include "tests/common/shared.h"
 
 namespace chatradio::prompt {
 namespace {
 
+using ::chatradio::testing::read_csv;
 using ::chatradio::testing::shared_path;
 
 constexpr const char* kCovCtr = "data/cov-ctr/reports_ZH_EN.csv";
 constexpr const char* kIuXray = "data/iu-xray/indiana_reports.csv";
 constexpr const char* kLlama2Tok = "tokenizers/llama2/tokenizer.model";
-
-// RFC 4180: quoted fields may hold commas, newlines and doubled quotes.
-// Returns rows as column-name -> value maps.
-std::vector<std::map<std::string, std::string>> read_csv(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  const std::string s = ss.str();
-  std::vector<std::vector<std::string>> rows(1);
-  std::string field;
-  bool quoted = false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (quoted) {
-      if (c == '"' && i + 1 < s.size() && s[i + 1] == '"') {
-        field += '"';
-        ++i;
-      } else if (c == '"') {
-        quoted = false;
-      } else {
-        field += c;
-      }
-    } else if (c == '"') {
-      quoted = true;
-    } else if (c == ',') {
-      rows.back().push_back(std::move(field));
-      field.clear();
-    } else if (c == '\n' || c == '\r') {
-      if (c == '\r' && i + 1 < s.size() && s[i + 1] == '\n') ++i;
-      rows.back().push_back(std::move(field));
-      field.clear();
-      rows.emplace_back();
-    } else {
-      field += c;
-    }
-  }
-  if (!field.empty() || !rows.back().empty()) rows.back().push_back(std::move(field));
-  if (rows.back().empty()) rows.pop_back();
-  std::vector<std::map<std::string, std::string>> out;
-  for (size_t r = 1; r < rows.size(); ++r) {
-    std::map<std::string, std::string> row;
-    for (size_t c = 0; c < rows[0].size() && c < rows[r].size(); ++c) row[rows[0][c]] = rows[r][c];
-    out.push_back(std::move(row));
-  }
-  return out;
-}
 
 // The non-blank values of one column.
 std::vector<std::string> column(const std::vector<std::map<std::string, std::string>>& rows, const std::string& name) {

@@ -4,26 +4,24 @@
 // tokens from a unicodedata-based reimplementation, and ROUGE scores from a
 // reimplementation of rouge-score's definitions; ours must reproduce them.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <chrono>
-#include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "server/text/rouge.h"
 #include "server/text/segment.h"
+#include "tests/common/oracle.h"
 #include "tests/common/shared.h"
 
 namespace chatradio::text {
 namespace {
 
-constexpr const char* kPython = "/usr/bin/python3";  // Debian's, with python3-jieba
+using ::chatradio::testing::read_blob;
+using ::chatradio::testing::read_count;
 
 using Tokens = std::vector<std::string>;
 
@@ -51,40 +49,6 @@ struct Oracle {
   std::vector<RougeCase> rouge;
 };
 
-// A fresh directory for one oracle run, removed with the object.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "chatradio-jieba-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-// Reads "<len>\n<bytes>\n".
-std::string read_blob(std::istream& in) {
-  size_t n = 0;
-  in >> n;
-  in.get();
-  std::string s(n, '\0');
-  in.read(s.data(), static_cast<std::streamsize>(n));
-  in.get();
-  return s;
-}
-
 // Reads "<n>\n" and n blobs; false for the "-1\n" of a list the oracle left out.
 bool read_tokens(Tokens& dst, std::istream& in) {
   long n = 0;
@@ -98,10 +62,7 @@ bool read_tokens(Tokens& dst, std::istream& in) {
 
 void read_segment(Oracle& dst, const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  size_t count = 0;
-  in >> count;
-  in.get();
-  dst.segment.resize(count);
+  dst.segment.resize(read_count(in));
   for (SegmentCase& c : dst.segment) {
     std::getline(in, c.label);
     c.text = read_blob(in);
@@ -113,10 +74,7 @@ void read_segment(Oracle& dst, const std::string& path) {
 
 void read_rouge(Oracle& dst, const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  size_t count = 0;
-  in >> count;
-  in.get();
-  dst.rouge.resize(count);
+  dst.rouge.resize(read_count(in));
   for (RougeCase& c : dst.rouge) {
     std::getline(in, c.label);
     std::getline(in, c.segmenter);
@@ -132,27 +90,14 @@ void read_rouge(Oracle& dst, const std::string& path) {
 
 Oracle run_oracle(const std::string& what) {
   Oracle o;
-  if (!std::filesystem::exists(kPython)) {
-    o.skip = std::string(kPython) + " not found (apt-get install python3-jieba)";
-    return o;
-  }
-  const TempDir dir;
-  const std::string script = std::string(CHATRADIO_SOURCE_DIR) + "/tests/text/jieba_oracle.py";
-  const std::string err = dir.path() + "/stderr.txt";
-  const std::string cmd = std::string(kPython) + " '" + script + "' --shared '" + CHATRADIO_SHARED_DIR +
-                          "' --out '" + dir.path() + "' --what " + what + " 2>'" + err + "'";
-  const int status = std::system(cmd.c_str());
-  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  if (code == 3 || code == 4) {
-    o.skip = slurp(err);  // jieba or a test asset missing; the script says which
-    return o;
-  }
-  if (code != 0) {
-    o.error = "jieba_oracle.py exited with " + std::to_string(code) + ": " + slurp(err);
-    return o;
-  }
-  o.dict_path = slurp(dir.path() + "/dict_path");
-  while (!o.dict_path.empty() && o.dict_path.back() == '\n') o.dict_path.pop_back();
+  const testing::TempDir dir("chatradio-jieba");
+  // Debian's /usr/bin/python3, with python3-jieba.
+  const testing::OracleRun run = testing::run_oracle_script("tests/text/jieba_oracle.py", dir.path(),
+                                                            "--what " + what, " (apt-get install python3-jieba)");
+  o.skip = run.skip;
+  o.error = run.error;
+  if (!run.ok()) return o;
+  o.dict_path = testing::slurp_line(dir.path() + "/dict_path");
   if (what == "segment") read_segment(o, dir.path() + "/segment.bin");
   if (what == "rouge") read_rouge(o, dir.path() + "/rouge.bin");
   return o;

@@ -17,13 +17,9 @@ namespace chatradio::model {
 namespace {
 
 using ::chatradio::testing::shared_path;
+using ::chatradio::testing::slurp;
 
 constexpr const char* kStories = "models/stories260K/tokenizer.model";
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
 
 // Protobuf encoding, enough to append fields to a model: a later scalar
 // overrides, a repeated message field merges (so "flipping" a field is an append).

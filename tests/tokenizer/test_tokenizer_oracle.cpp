@@ -5,23 +5,20 @@
 // sequences; each tokenizer must reproduce all of them, through decode() and
 // through StreamDecoder.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "model/tokenizer.h"
+#include "tests/common/oracle.h"
 #include "tests/common/shared.h"
+#include "tests/common/utf8.h"
 
 namespace chatradio::model {
 namespace {
-
-constexpr const char* kPython = "/usr/bin/python3";  // the one with python3-sentencepiece
 
 struct OracleCase {
   std::string label;
@@ -38,39 +35,8 @@ struct Oracle {
   std::vector<OracleCase> decode_only;  // random id sequences: no text, ids and decoded only
 };
 
-// A fresh directory for one oracle run, removed with the object.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "chatradio-spm-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-// Reads "<len>\n<bytes>\n".
-std::string read_blob(std::istream& in) {
-  size_t n = 0;
-  in >> n;
-  in.get();
-  std::string s(n, '\0');
-  in.read(s.data(), static_cast<std::streamsize>(n));
-  in.get();
-  return s;
-}
+using ::chatradio::testing::read_blob;
+using ::chatradio::testing::read_count;
 
 std::vector<int32_t> read_ids(std::istream& in) {
   std::string line;
@@ -84,18 +50,14 @@ std::vector<int32_t> read_ids(std::istream& in) {
 // cases.bin as spm_oracle.py documents it.
 void read_cases(Oracle& dst, const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  size_t count = 0;
-  in >> count;
-  in.get();
-  dst.cases.resize(count);
+  dst.cases.resize(read_count(in));
   for (OracleCase& c : dst.cases) {
     std::getline(in, c.label);
     c.text = read_blob(in);
     c.ids = read_ids(in);
     c.decoded = read_blob(in);
   }
-  in >> count;
-  in.get();
+  const size_t count = read_count(in);
   dst.decode_only.resize(count);
   for (size_t i = 0; i < count; ++i) {
     OracleCase& c = dst.decode_only[i];
@@ -108,27 +70,15 @@ void read_cases(Oracle& dst, const std::string& path) {
 
 Oracle run_oracle(const std::string& name) {
   Oracle o;
-  if (!std::filesystem::exists(kPython)) {
-    o.skip = std::string(kPython) + " not found; run scripts/setup (python3-sentencepiece)";
-    return o;
-  }
-  const TempDir dir;
-  const std::string script = std::string(CHATRADIO_SOURCE_DIR) + "/tests/tokenizer/spm_oracle.py";
-  const std::string err = dir.path() + "/stderr.txt";
-  const std::string cmd = std::string(kPython) + " '" + script + "' --shared '" + CHATRADIO_SHARED_DIR +
-                          "' --out '" + dir.path() + "' --tokenizer " + name + " 2>'" + err + "'";
-  const int status = std::system(cmd.c_str());
-  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  if (code == 3 || code == 4) {
-    o.skip = slurp(err);  // sentencepiece or a test asset missing; the script says which
-    return o;
-  }
-  if (code != 0) {
-    o.error = "spm_oracle.py exited with " + std::to_string(code) + ": " + slurp(err);
-    return o;
-  }
-  std::string model_path = slurp(dir.path() + "/model_path");
-  while (!model_path.empty() && model_path.back() == '\n') model_path.pop_back();
+  const testing::TempDir dir("chatradio-spm");
+  // Debian's /usr/bin/python3, with python3-sentencepiece.
+  const testing::OracleRun run =
+      testing::run_oracle_script("tests/tokenizer/spm_oracle.py", dir.path(), "--tokenizer " + name,
+                                 "; run scripts/setup (python3-sentencepiece)");
+  o.skip = run.skip;
+  o.error = run.error;
+  if (!run.ok()) return o;
+  std::string model_path = testing::slurp_line(dir.path() + "/model_path");
   read_cases(o, dir.path() + "/cases.bin");
   // Trained models live in the temporary directory: keep a copy beside the test.
   if (model_path.starts_with(dir.path())) {
@@ -138,25 +88,6 @@ Oracle run_oracle(const std::string& name) {
   }
   o.model_path = model_path;
   return o;
-}
-
-// Well-formed UTF-8 (no surrogates, no overlongs), as a stream delta must be.
-bool is_valid_utf8(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<uint8_t>(s[i]);
-    const size_t n = c < 0x80 ? 1 : c >= 0xC2 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3 : c >= 0xF0 && c < 0xF5 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k) {
-      if ((static_cast<uint8_t>(s[i + k]) & 0xC0) != 0x80) return false;
-    }
-    const auto b1 = static_cast<uint8_t>(n > 1 ? s[i + 1] : 0);
-    if ((c == 0xE0 && b1 < 0xA0) || (c == 0xED && b1 >= 0xA0) || (c == 0xF0 && b1 < 0x90) ||
-        (c == 0xF4 && b1 >= 0x90)) {
-      return false;
-    }
-    i += n;
-  }
-  return true;
 }
 
 std::string ids_str(const std::vector<int32_t>& ids) {
@@ -200,7 +131,7 @@ TEST_P(TokenizerOracle, MatchesSentencePiece) {
     bool deltas_valid = true;
     for (const int32_t id : c->ids) {
       const std::string delta = stream.push(id);
-      deltas_valid = deltas_valid && is_valid_utf8(delta);
+      deltas_valid = deltas_valid && testing::is_utf8(delta, /*strict=*/true);
       joined += delta;
     }
     joined += stream.flush();

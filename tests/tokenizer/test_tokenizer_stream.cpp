@@ -10,6 +10,7 @@
 
 #include "model/tokenizer.h"
 #include "tests/common/shared.h"
+#include "tests/common/utf8.h"
 
 namespace chatradio::model {
 namespace {
@@ -34,18 +35,7 @@ std::string join(const std::vector<std::string>& parts) {
 }
 
 // Whether `s` is a whole number of UTF-8 characters (structure only).
-bool whole_characters(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<uint8_t>(s[i]);
-    const size_t n = c < 0x80 ? 1 : c >= 0xC2 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3 : c >= 0xF0 && c < 0xF5 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k) {
-      if ((static_cast<uint8_t>(s[i + k]) & 0xC0) != 0x80) return false;
-    }
-    i += n;
-  }
-  return true;
-}
+bool whole_characters(std::string_view s) { return ::chatradio::testing::is_utf8(s, /*strict=*/false); }
 
 int32_t byte_id(const Tokenizer& tok, uint8_t b) {
   static constexpr char kHex[] = "0123456789ABCDEF";

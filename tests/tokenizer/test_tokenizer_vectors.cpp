@@ -15,11 +15,7 @@ namespace chatradio::model {
 namespace {
 
 using ::chatradio::testing::shared_path;
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using ::chatradio::testing::slurp;
 
 // .inp: cases separated by "\n__ggml_vocab_test__\n" (also after the last one).
 std::vector<std::string> read_cases(const std::string& path) {

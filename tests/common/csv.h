@@ -1,15 +1,21 @@
-// Reading the real reports of ../shared/data for benchmarks: a small RFC 4180
-// CSV reader (quoted fields, doubled quotes, newlines inside quotes).
+// Reading the real reports of ../shared/data (tests and benchmarks): one small
+// RFC 4180 CSV reader (quoted fields may hold commas, newlines and doubled
+// quotes; rows end in LF or CRLF). Header-only, without GoogleTest, so that
+// bench/ may include it too.
 #pragma once
 
+#include <cstddef>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
-namespace chatradio::bench {
+namespace chatradio::testing {
 
-inline std::vector<std::vector<std::string>> read_csv(const std::string& path) {
+// Every row of the file, the header row first; an unreadable file has none.
+inline std::vector<std::vector<std::string>> read_csv_rows(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::stringstream ss;
   ss << f.rdbuf();
@@ -47,9 +53,21 @@ inline std::vector<std::vector<std::string>> read_csv(const std::string& path) {
   return rows;
 }
 
-// Non-empty values of column `name` (header row first).
+// The rows after the header as column-name -> value maps.
+inline std::vector<std::map<std::string, std::string>> read_csv(const std::string& path) {
+  const std::vector<std::vector<std::string>> rows = read_csv_rows(path);
+  std::vector<std::map<std::string, std::string>> out;
+  for (size_t r = 1; r < rows.size(); ++r) {
+    std::map<std::string, std::string> row;
+    for (size_t c = 0; c < rows[0].size() && c < rows[r].size(); ++c) row[rows[0][c]] = rows[r][c];
+    out.push_back(std::move(row));
+  }
+  return out;
+}
+
+// Non-empty values of column `name`, in row order.
 inline std::vector<std::string> csv_column(const std::string& path, const std::string& name) {
-  const auto rows = read_csv(path);
+  const std::vector<std::vector<std::string>> rows = read_csv_rows(path);
   std::vector<std::string> out;
   if (rows.empty()) return out;
   size_t col = rows[0].size();
@@ -62,4 +80,4 @@ inline std::vector<std::string> csv_column(const std::string& path, const std::s
   return out;
 }
 
-}  // namespace chatradio::bench
+}  // namespace chatradio::testing

@@ -71,7 +71,6 @@ struct Engine::Live {
   std::vector<float> logprobs;  // scoring, by continuation index
   Clock::time_point submitted;
   double queue_s = -1, first_token_s = -1;
-  int n_generated = 0;
 };
 
 namespace {
@@ -336,7 +335,6 @@ void Engine::step() {
         const auto last = std::span<const float>(logits_).subspan((row + rows - 1) * vocab, vocab);
         const int32_t tok = l.sampler->sample(last, l.tokens);
         l.tokens.push_back(tok);
-        ++l.n_generated;
         bool stop_here = false;
         if (tok != backend_.config().eos_token_id) {
           if (l.first_token_s < 0) l.first_token_s = std::chrono::duration<double>(Clock::now() - l.submitted).count();

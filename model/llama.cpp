@@ -24,6 +24,17 @@ void Linear::apply(float* y, const float* x, int m, kernels::cpu::ThreadPool* po
 
 size_t Linear::bytes() const { return is_int4() ? q4.weight_bytes() : w.size() * sizeof(float); }
 
+HalfTable::HalfTable(std::vector<uint16_t> owned) {
+  auto v = std::make_shared<const std::vector<uint16_t>>(std::move(owned));
+  data_ = v->data();
+  size_ = v->size();
+  keep_ = std::move(v);
+}
+
+bool HalfTable::operator==(const HalfTable& o) const {
+  return size_ == o.size_ && (size_ == 0 || std::memcmp(data_, o.data_, size_ * sizeof(uint16_t)) == 0);
+}
+
 size_t LlamaWeights::bytes() const {
   size_t b = embed.size() * sizeof(float) + embed_f16.size() * sizeof(uint16_t) +
              final_norm.size() * sizeof(float) + lm_head.bytes();
@@ -96,19 +107,28 @@ class LinearReader {
 }  // namespace
 
 LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir, const LoadOptions& opts) {
-  const Checkpoint ckpt(model_dir);
+  const auto mapping = std::make_shared<const Checkpoint>(model_dir);
+  const Checkpoint& ckpt = *mapping;
   const LinearReader reader(ckpt, opts);
   const int d = cfg.hidden_size, kv = cfg.kv_dim(), ff = cfg.intermediate_size;
   LlamaWeights w;
-  {
+  const TensorView& embed_t = ckpt.get("model.embed_tokens.weight", {cfg.vocab_size, d});
+  if (reader.int4() && !cfg.tie_word_embeddings && embed_t.dtype == DType::F16 &&
+      reinterpret_cast<uintptr_t>(embed_t.data) % alignof(uint16_t) == 0) {
+    // Stored in f16 already (GPTQ checkpoints): read rows straight from the
+    // mapping, which the table keeps alive.
+    w.embed_f16 = HalfTable(mapping, reinterpret_cast<const uint16_t*>(embed_t.data),
+                            static_cast<size_t>(embed_t.numel()));
+  } else {
     std::vector<float> embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
     if (cfg.tie_word_embeddings) {
       w.lm_head = reader.int4() ? reader.quantized("lm_head", embed, cfg.vocab_size, d)
                                 : Linear{cfg.vocab_size, d, embed, {}};
     }
     if (reader.int4()) {
-      w.embed_f16.resize(embed.size());
-      for (size_t i = 0; i < embed.size(); ++i) w.embed_f16[i] = f32_to_f16(embed[i]);
+      std::vector<uint16_t> half(embed.size());  // [vocab, hidden]
+      for (size_t i = 0; i < embed.size(); ++i) half[i] = f32_to_f16(embed[i]);
+      w.embed_f16 = HalfTable(std::move(half));
     } else {
       w.embed = std::move(embed);
     }

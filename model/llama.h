@@ -34,10 +34,31 @@ struct LayerWeights {
   Linear gate, up, down;         // gate,up: [inter, hidden]; down: [hidden, inter]
 };
 
+// A read-only IEEE-half table, either owned or a view into a checkpoint's
+// mapping that it keeps alive. The view matters for RSS: of a 7B model's 262 MB
+// f16 embedding only the rows of tokens actually seen become resident.
+class HalfTable {
+ public:
+  HalfTable() = default;
+  explicit HalfTable(std::vector<uint16_t> owned);
+  HalfTable(std::shared_ptr<const void> keep_alive, const uint16_t* data, size_t size)
+      : keep_(std::move(keep_alive)), data_(data), size_(size) {}
+
+  const uint16_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  bool operator==(const HalfTable& o) const;
+
+ private:
+  std::shared_ptr<const void> keep_;  // the owned vector, or the mapping
+  const uint16_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 struct LlamaWeights {
-  // Exactly one of the two is filled: f16 keeps a 7B table at 262 MB.
-  std::vector<float> embed;         // [vocab, hidden]
-  std::vector<uint16_t> embed_f16;  // [vocab, hidden] IEEE half
+  // Exactly one of the two is filled: int4 models keep the table in f16.
+  std::vector<float> embed;  // [vocab, hidden]
+  HalfTable embed_f16;       // [vocab, hidden] IEEE half
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // [hidden]
   Linear lm_head;                 // [vocab, hidden]; from embed when tied

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -231,7 +232,7 @@ struct CudaLlama::Impl {
     return static_cast<T*>(mem.back().get());
   }
 
-  const __half* upload_half(const std::vector<uint16_t>& host, const std::string& what) {
+  const __half* upload_half(std::span<const uint16_t> host, const std::string& what) {
     __half* d = alloc<__half>(host.size(), what, &weight_bytes);
     check(cudaMemcpy(d, host.data(), host.size() * sizeof(uint16_t), cudaMemcpyHostToDevice), "cudaMemcpy weights");
     return d;
@@ -326,7 +327,7 @@ void CudaLlama::Impl::upload(const LlamaConfig& cfg, LlamaWeights& w) {
   ff_dev = round_up(ff, g_ff);
   vocab_dev = round_up(vocab, 8);
 
-  embed = upload_half(w.embed_f16, "embedding");
+  embed = upload_half({w.embed_f16.data(), w.embed_f16.size()}, "embedding");
   w.embed_f16 = {};
   layers.resize(w.layers.size());
   for (size_t l = 0; l < w.layers.size(); ++l) {

@@ -28,7 +28,7 @@
 
 using chatradio::kernels::cpu::matmul_q4;
 using chatradio::kernels::cpu::Q4GptqSource;
-using chatradio::kernels::cpu::Q4Isa;
+using chatradio::kernels::cpu::CpuIsa;
 using chatradio::kernels::cpu::Q4Matrix;
 using chatradio::kernels::cpu::ThreadPool;
 
@@ -130,7 +130,7 @@ struct Shape {
 
 int main(int argc, char** argv) {
   bool quick = false;
-  Q4Isa isa = chatradio::kernels::cpu::q4_default_isa();
+  CpuIsa isa = chatradio::kernels::cpu::cpu_default_isa();
   std::vector<int> thread_counts{1, 2};
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
@@ -138,8 +138,8 @@ int main(int argc, char** argv) {
       quick = true;
     } else if (arg == "--isa" && a + 1 < argc) {
       const std::string v = argv[++a];
-      for (Q4Isa i : {Q4Isa::Scalar, Q4Isa::Avx2, Q4Isa::Avx512Vnni}) {
-        if (v == chatradio::kernels::cpu::q4_isa_name(i)) isa = i;
+      for (CpuIsa i : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
+        if (v == chatradio::kernels::cpu::cpu_isa_name(i)) isa = i;
       }
     } else if (arg == "--threads" && a + 1 < argc) {
       thread_counts.clear();
@@ -153,8 +153,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (!chatradio::kernels::cpu::q4_isa_supported(isa)) {
-    std::fprintf(stderr, "ISA path %s not supported here\n", chatradio::kernels::cpu::q4_isa_name(isa));
+  if (!chatradio::kernels::cpu::cpu_isa_supported(isa)) {
+    std::fprintf(stderr, "ISA path %s not supported here\n", chatradio::kernels::cpu::cpu_isa_name(isa));
     return 2;
   }
   const int max_threads = *std::max_element(thread_counts.begin(), thread_counts.end());
@@ -196,7 +196,7 @@ int main(int argc, char** argv) {
   }
 
   std::printf("\n## matmul_q4 (%s path, group 128; weight GB/s vs the bandwidth above)\n\n",
-              chatradio::kernels::cpu::q4_isa_name(isa));
+              chatradio::kernels::cpu::cpu_isa_name(isa));
   std::printf("| model | linear | out x in | weights MB | m | threads | ms/call best | ms/call median | "
               "weight GB/s | %% of BW | GFLOP/s |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/ops.h"
 
 namespace chatradio::kernels::cpu {
@@ -41,9 +42,14 @@ void kv_write(float* k_cache, float* v_cache, const float* k, const float* v, co
 // out: [n_q, n_heads * head_dim]; q: [n_q, n_heads * head_dim] (RoPE applied),
 // n_q = batch.q_start[batch.n_seqs]. Softmax scale is 1/sqrt(head_dim).
 // With a pool, (query, head) pairs are split across threads; each pair's math
-// is the same whatever the split, so results are bitwise identical.
+// is the same whatever the split, so results are bitwise identical. Runs the
+// default SIMD path; every path gives the same bits (attention_paths.h).
 void attention(float* out, const float* q, const float* k_cache, const float* v_cache,
                const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool = nullptr);
+// Same on an explicit path; throws std::invalid_argument when it is not
+// supported here.
+void attention(float* out, const float* q, const float* k_cache, const float* v_cache,
+               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool, CpuIsa isa);
 
 // out[n] = silu(gate[n]) * up[n]. out may alias gate or up.
 void swiglu(float* out, const float* gate, const float* up, int n);

@@ -4,8 +4,6 @@
 // fused behind our back: the float op sequence must match the SIMD files.
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -35,17 +33,6 @@ detail::Q4WeightsRef weights_ref(const Q4Matrix& w) {
 }
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("q4_from_gptq: " + msg); }
-
-#if defined(__x86_64__) || defined(__i386__)
-bool cpu_has_avx2() {
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
-}
-bool cpu_has_avx512vnni() {
-  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512vnni");
-}
-#endif
 
 // Quantizes one block of 32 activations exactly as the SIMD paths do:
 // d = amax/127, xq = round-half-even(x * (127/amax)). Returns Σ xq.
@@ -229,72 +216,26 @@ Q4Matrix q4_from_gptq(const Q4GptqSource& s) {
   return m;
 }
 
-const char* q4_isa_name(Q4Isa isa) {
-  switch (isa) {
-    case Q4Isa::Scalar: return "scalar";
-    case Q4Isa::Avx2: return "avx2";
-    case Q4Isa::Avx512Vnni: return "avx512vnni";
-  }
-  return "?";
-}
-
-bool q4_isa_supported(Q4Isa isa) {
-  switch (isa) {
-    case Q4Isa::Scalar: return true;
-#if defined(__x86_64__) || defined(__i386__)
-    case Q4Isa::Avx2: return cpu_has_avx2();
-    case Q4Isa::Avx512Vnni: return cpu_has_avx512vnni();
-#else
-    default: return false;
-#endif
-  }
-  return false;
-}
-
-Q4Isa q4_default_isa() {
-  // Function-local static: decided once, thread-safe, no mutable global.
-  static const Q4Isa chosen = [] {
-    Q4Isa best = Q4Isa::Scalar;
-    for (Q4Isa isa : {Q4Isa::Avx2, Q4Isa::Avx512Vnni}) {
-      if (q4_isa_supported(isa)) best = isa;
-    }
-    const char* env = std::getenv("CHATRADIO_Q4_ISA");
-    if (!env || !*env) return best;
-    for (Q4Isa isa : {Q4Isa::Scalar, Q4Isa::Avx2, Q4Isa::Avx512Vnni}) {
-      if (std::strcmp(env, q4_isa_name(isa)) == 0) {
-        if (q4_isa_supported(isa)) return isa;
-        std::fprintf(stderr, "chatradio: CHATRADIO_Q4_ISA=%s not supported by this CPU; using %s\n", env,
-                     q4_isa_name(best));
-        return best;
-      }
-    }
-    std::fprintf(stderr, "chatradio: unknown CHATRADIO_Q4_ISA=%s (scalar|avx2|avx512vnni); using %s\n",
-                 env, q4_isa_name(best));
-    return best;
-  }();
-  return chosen;
-}
-
 void q4_quantize_row(int8_t* xq, float* d, float* gsum, const float* x, const Q4Matrix& w) {
   detail::q4_quant_scalar(xq, d, gsum, x, weights_ref(w), 0, 1);
 }
 
 void matmul_q4(float* out, const float* x, const Q4Matrix& w, int m, ThreadPool* pool) {
-  matmul_q4(out, x, w, m, pool, q4_default_isa());
+  matmul_q4(out, x, w, m, pool, cpu_default_isa());
 }
 
-void matmul_q4(float* out, const float* x, const Q4Matrix& w, int m, ThreadPool* pool, Q4Isa isa) {
-  if (!q4_isa_supported(isa)) {
-    throw std::invalid_argument(std::string("matmul_q4: ISA path ") + q4_isa_name(isa) +
+void matmul_q4(float* out, const float* x, const Q4Matrix& w, int m, ThreadPool* pool, CpuIsa isa) {
+  if (!cpu_isa_supported(isa)) {
+    throw std::invalid_argument(std::string("matmul_q4: ISA path ") + cpu_isa_name(isa) +
                                 " not supported on this CPU");
   }
   if (m <= 0 || w.n_panels == 0) return;
   detail::Q4QuantFn quant = detail::q4_quant_scalar;
   detail::Q4GemmFn gemm = detail::q4_gemm_scalar;
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa == Q4Isa::Avx2 || isa == Q4Isa::Avx512Vnni) quant = detail::q4_quant_avx2;
-  if (isa == Q4Isa::Avx2) gemm = detail::q4_gemm_avx2;
-  if (isa == Q4Isa::Avx512Vnni) gemm = detail::q4_gemm_avx512vnni;
+  if (isa == CpuIsa::Avx2 || isa == CpuIsa::Avx512Vnni) quant = detail::q4_quant_avx2;
+  if (isa == CpuIsa::Avx2) gemm = detail::q4_gemm_avx2;
+  if (isa == CpuIsa::Avx512Vnni) gemm = detail::q4_gemm_avx512vnni;
 #endif
   const detail::Q4WeightsRef wr = weights_ref(w);
 

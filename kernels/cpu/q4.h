@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace chatradio::kernels::cpu {
@@ -91,22 +92,13 @@ struct Q4GptqSource {
 // number of inputs, a multiple of 32).
 Q4Matrix q4_from_gptq(const Q4GptqSource& src);
 
-// The instruction-set paths. All produce bitwise identical results.
-enum class Q4Isa { Scalar, Avx2, Avx512Vnni };
-const char* q4_isa_name(Q4Isa isa);
-// True when the path is compiled in and this CPU (and OS) can run it.
-bool q4_isa_supported(Q4Isa isa);
-// The best supported path, unless CHATRADIO_Q4_ISA=scalar|avx2|avx512vnni names
-// a supported one (read once; an unsupported request falls back with a warning).
-Q4Isa q4_default_isa();
-
 // out[m, n] = x[m, k] · Wᵀ with W the dequantized int4 weight. out must not
 // alias x. pool may be null (serial; then scratch is allocated per call).
 // Multi-threaded over output panels; m = 1 (decode) .. hundreds (prefill).
 void matmul_q4(float* out, const float* x, const Q4Matrix& w, int m, ThreadPool* pool);
-// Same, on an explicit path (tests, benches); throws std::invalid_argument
+// Same, on an explicit path (all paths give the same bits; tests, benches); throws std::invalid_argument
 // when the path is not supported here.
-void matmul_q4(float* out, const float* x, const Q4Matrix& w, int m, ThreadPool* pool, Q4Isa isa);
+void matmul_q4(float* out, const float* x, const Q4Matrix& w, int m, ThreadPool* pool, CpuIsa isa);
 
 // The activation quantization the kernels use, exposed as the exact reference
 // for tests: xq[k_blocks*32], d[k_blocks] (x ≈ d * xq per block),

@@ -3,6 +3,7 @@
 // compare against these.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <complex>
 #include <random>
@@ -107,64 +108,102 @@ TEST(CpuOps, SwigluAndAdd) {
   }
 }
 
+// One paged-attention case: sequences with their cache lengths and new-query
+// counts, scattered over a block pool in a shuffled order.
+struct AttnCase {
+  AttnShape shape;
+  std::vector<int> ctx, n_new;
+  uint32_t seed;
+};
+
 // Paged attention over scattered blocks equals dense causal attention computed
-// directly from the unpaged K/V, for MHA and several GQA ratios.
-TEST(CpuOps, PagedAttentionEqualsDenseCausal) {
-  for (auto [n_heads, n_kv] : {std::pair{4, 4}, {8, 4}, {8, 1}, {6, 2}}) {
-    const int hd = 8, bs = 4, n_blocks = 16;
-    const AttnShape shape{n_heads, n_kv, hd, bs};
-    const std::vector<int> ctx{7, 1, 13};     // tokens in cache per sequence after the step
-    const std::vector<int> n_new{3, 1, 13};   // new queries per sequence
-    const std::vector<std::vector<int32_t>> tables{{5, 2}, {0}, {9, 3, 14, 1}};
-    const int max_blocks = 4;
-    std::vector<int32_t> q_start{0}, flat(3 * max_blocks, 0);
-    for (int s = 0; s < 3; ++s) {
-      q_start.push_back(q_start.back() + n_new[s]);
-      std::copy(tables[s].begin(), tables[s].end(), flat.begin() + s * max_blocks);
-    }
-    const int n_q = q_start.back();
-    const auto q = randn(n_q * n_heads * hd, 11);
-    std::vector<std::vector<float>> dense_k(3), dense_v(3);
-    std::vector<float> kc(n_blocks * bs * n_kv * hd, NAN), vc(kc.size(), NAN);  // unused slots poisoned
-    for (int s = 0; s < 3; ++s) {
-      dense_k[s] = randn(ctx[s] * n_kv * hd, 100 + s);
-      dense_v[s] = randn(ctx[s] * n_kv * hd, 200 + s);
-      std::vector<int32_t> slots(ctx[s]);
-      for (int t = 0; t < ctx[s]; ++t) slots[t] = tables[s][t / bs] * bs + t % bs;
-      kv_write(kc.data(), vc.data(), dense_k[s].data(), dense_v[s].data(), slots.data(), ctx[s], shape);
-    }
-    std::vector<float> out(n_q * n_heads * hd);
-    const std::vector<int32_t> ctx32(ctx.begin(), ctx.end());
-    const PagedBatch batch{3, q_start.data(), ctx32.data(), flat.data(), max_blocks};
-    attention(out.data(), q.data(), kc.data(), vc.data(), batch, shape);
-    ThreadPool pool(2);
+// directly from the unpaged K/V (double precision); every ISA path and thread
+// count gives the same bits as the scalar path.
+void check_attention(const AttnCase& c) {
+  const AttnShape& shape = c.shape;
+  const int hd = shape.head_dim, bs = shape.block_size, n_kv = shape.n_kv_heads, n_heads = shape.n_heads;
+  const int n_seqs = static_cast<int>(c.ctx.size());
+  std::vector<std::vector<int32_t>> tables(n_seqs);
+  int n_blocks = 0, max_blocks = 1;
+  for (int s = 0; s < n_seqs; ++s) {
+    const int nb = (c.ctx[s] + bs - 1) / bs;
+    for (int i = 0; i < nb; ++i) tables[s].push_back(n_blocks++);
+    max_blocks = std::max(max_blocks, nb);
+  }
+  std::mt19937 g(c.seed);
+  std::vector<int32_t> ids(n_blocks);
+  for (int i = 0; i < n_blocks; ++i) ids[i] = i;
+  std::shuffle(ids.begin(), ids.end(), g);
+  std::vector<int32_t> q_start{0}, flat(n_seqs * max_blocks, 0);
+  for (int s = 0; s < n_seqs; ++s) {
+    for (int32_t& b : tables[s]) b = ids[b];
+    q_start.push_back(q_start.back() + c.n_new[s]);
+    std::copy(tables[s].begin(), tables[s].end(), flat.begin() + s * max_blocks);
+  }
+  const int n_q = q_start.back();
+  const auto q = randn(n_q * n_heads * hd, c.seed + 1);
+  std::vector<std::vector<float>> dense_k(n_seqs), dense_v(n_seqs);
+  std::vector<float> kc(n_blocks * bs * n_kv * hd, NAN), vc(kc.size(), NAN);  // unused slots poisoned
+  for (int s = 0; s < n_seqs; ++s) {
+    dense_k[s] = randn(c.ctx[s] * n_kv * hd, c.seed + 100 + s);
+    dense_v[s] = randn(c.ctx[s] * n_kv * hd, c.seed + 200 + s);
+    std::vector<int32_t> slots(c.ctx[s]);
+    for (int t = 0; t < c.ctx[s]; ++t) slots[t] = tables[s][t / bs] * bs + t % bs;
+    kv_write(kc.data(), vc.data(), dense_k[s].data(), dense_v[s].data(), slots.data(), c.ctx[s], shape);
+  }
+  const std::vector<int32_t> ctx32(c.ctx.begin(), c.ctx.end());
+  const PagedBatch batch{n_seqs, q_start.data(), ctx32.data(), flat.data(), max_blocks};
+  std::vector<float> out(n_q * n_heads * hd);
+  attention(out.data(), q.data(), kc.data(), vc.data(), batch, shape, nullptr, CpuIsa::Scalar);
+  ThreadPool pool(3);
+  for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
+    if (!cpu_isa_supported(isa)) continue;
     std::vector<float> threaded(out.size());
-    attention(threaded.data(), q.data(), kc.data(), vc.data(), batch, shape, &pool);
-    EXPECT_EQ(out, threaded);
-    for (int s = 0; s < 3; ++s)
-      for (int j = 0; j < n_new[s]; ++j) {
-        const int pos = ctx[s] - n_new[s] + j;
-        for (int h = 0; h < n_heads; ++h) {
-          const int kvh = h / (n_heads / n_kv);
-          const float* qh = &q[((q_start[s] + j) * n_heads + h) * hd];
-          std::vector<double> p(pos + 1);
-          double mx = -1e300, sum = 0;
-          for (int t = 0; t <= pos; ++t) {
-            double dot = 0;
-            for (int d = 0; d < hd; ++d) dot += qh[d] * dense_k[s][(t * n_kv + kvh) * hd + d];
-            p[t] = dot / std::sqrt(double(hd));
-            mx = std::max(mx, p[t]);
-          }
-          for (double& v : p) sum += (v = std::exp(v - mx));
-          for (int d = 0; d < hd; ++d) {
-            double o = 0;
-            for (int t = 0; t <= pos; ++t) o += p[t] / sum * dense_v[s][(t * n_kv + kvh) * hd + d];
-            EXPECT_NEAR(out[((q_start[s] + j) * n_heads + h) * hd + d], o, 1e-5)
-                << "heads " << n_heads << "/" << n_kv << " seq " << s << " q " << j;
-          }
+    attention(threaded.data(), q.data(), kc.data(), vc.data(), batch, shape, &pool, isa);
+    EXPECT_EQ(out, threaded) << cpu_isa_name(isa) << " head_dim " << hd << " block " << bs;
+  }
+  for (int s = 0; s < n_seqs; ++s)
+    for (int j = 0; j < c.n_new[s]; ++j) {
+      const int pos = c.ctx[s] - c.n_new[s] + j;
+      for (int h = 0; h < n_heads; ++h) {
+        const int kvh = h / (n_heads / n_kv);
+        const float* qh = &q[((q_start[s] + j) * n_heads + h) * hd];
+        std::vector<double> p(pos + 1);
+        double mx = -1e300, sum = 0;
+        for (int t = 0; t <= pos; ++t) {
+          double dot = 0;
+          for (int d = 0; d < hd; ++d) dot += qh[d] * dense_k[s][(t * n_kv + kvh) * hd + d];
+          p[t] = dot / std::sqrt(double(hd));
+          mx = std::max(mx, p[t]);
+        }
+        for (double& v : p) sum += (v = std::exp(v - mx));
+        for (int d = 0; d < hd; ++d) {
+          double o = 0;
+          for (int t = 0; t <= pos; ++t) o += p[t] / sum * dense_v[s][(t * n_kv + kvh) * hd + d];
+          ASSERT_NEAR(out[((q_start[s] + j) * n_heads + h) * hd + d], o, 2e-5)
+              << "heads " << n_heads << "/" << n_kv << " head_dim " << hd << " block " << bs << " seq " << s
+              << " q " << j;
         }
       }
+    }
+}
+
+TEST(CpuOps, PagedAttentionEqualsDenseCausal) {
+  for (auto [n_heads, n_kv] : {std::pair{4, 4}, {8, 4}, {8, 1}, {6, 2}}) {
+    check_attention({{n_heads, n_kv, 8, 4}, {7, 1, 13}, {3, 1, 13}, 11});
   }
+}
+
+// Head dims on and off the SIMD widths (12 and 20 take the scalar path
+// everywhere), block sizes 1 .. 16, decode rows and long prefills.
+TEST(CpuOps, PagedAttentionOddShapesAllPaths) {
+  uint32_t seed = 500;
+  for (int hd : {8, 12, 16, 20, 24, 64, 72, 128, 136}) {
+    for (int bs : {1, 3, 16}) {
+      check_attention({{4, 2, hd, bs}, {1, 9, 70, 33}, {1, 9, 5, 1}, seed++});
+    }
+  }
+  check_attention({{2, 1, 64, 16}, {300}, {300}, seed++});
 }
 
 }  // namespace

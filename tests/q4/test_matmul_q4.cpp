@@ -23,16 +23,16 @@ namespace {
 
 using kernels::cpu::half_to_float;
 using kernels::cpu::matmul_q4;
-using kernels::cpu::Q4Isa;
+using kernels::cpu::CpuIsa;
 using kernels::cpu::Q4Matrix;
 using kernels::cpu::ThreadPool;
 using q4test::randn;
 using q4test::u32;
 
-std::vector<Q4Isa> supported_isas() {
-  std::vector<Q4Isa> v;
-  for (Q4Isa isa : {Q4Isa::Scalar, Q4Isa::Avx2, Q4Isa::Avx512Vnni}) {
-    if (kernels::cpu::q4_isa_supported(isa)) v.push_back(isa);
+std::vector<CpuIsa> supported_isas() {
+  std::vector<CpuIsa> v;
+  for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
+    if (kernels::cpu::cpu_isa_supported(isa)) v.push_back(isa);
   }
   return v;
 }
@@ -104,22 +104,22 @@ void run_case(const Shape& sh, const std::vector<int>& ms, ThreadPool* pool, uin
     auto x = randn(static_cast<size_t>(m) * sh.k, seed + m, 1.0f);
     for (int i = 0; i < sh.k && m > 1; i += 5) x[sh.k + i] *= 30.0f;  // an outlier-heavy row
     std::vector<float> ref(static_cast<size_t>(m) * sh.n);
-    matmul_q4(ref.data(), x.data(), w, m, pool, Q4Isa::Scalar);
+    matmul_q4(ref.data(), x.data(), w, m, pool, CpuIsa::Scalar);
     check_refs(ref, x, t, w, m);
-    for (Q4Isa isa : supported_isas()) {
+    for (CpuIsa isa : supported_isas()) {
       std::vector<float> out(ref.size(), -1.0f);
       matmul_q4(out.data(), x.data(), w, m, pool, isa);
       ASSERT_EQ(std::memcmp(out.data(), ref.data(), ref.size() * sizeof(float)), 0)
-          << kernels::cpu::q4_isa_name(isa) << " differs from scalar";
+          << kernels::cpu::cpu_isa_name(isa) << " differs from scalar";
     }
   }
 }
 
 TEST(MatmulQ4, ReportsPaths) {
   std::string have;
-  for (Q4Isa isa : supported_isas()) have += std::string(kernels::cpu::q4_isa_name(isa)) + " ";
-  std::printf("q4 paths here: %s(default %s)\n", have.c_str(), q4_isa_name(kernels::cpu::q4_default_isa()));
-  EXPECT_TRUE(kernels::cpu::q4_isa_supported(Q4Isa::Scalar));
+  for (CpuIsa isa : supported_isas()) have += std::string(kernels::cpu::cpu_isa_name(isa)) + " ";
+  std::printf("q4 paths here: %s(default %s)\n", have.c_str(), cpu_isa_name(kernels::cpu::cpu_default_isa()));
+  EXPECT_TRUE(kernels::cpu::cpu_isa_supported(CpuIsa::Scalar));
 }
 
 TEST(MatmulQ4, OddShapesAllGroupSizes) {
@@ -166,12 +166,12 @@ TEST(MatmulQ4, RandomRawGptqTensorsIncludingZero16) {
   for (int m : {1, 5, 16}) {
     const auto x = randn(static_cast<size_t>(m) * k, 77 + m);
     std::vector<float> ref(static_cast<size_t>(m) * n);
-    matmul_q4(ref.data(), x.data(), w, m, &pool, Q4Isa::Scalar);
+    matmul_q4(ref.data(), x.data(), w, m, &pool, CpuIsa::Scalar);
     check_refs(ref, x, t, w, m);
-    for (Q4Isa isa : supported_isas()) {
+    for (CpuIsa isa : supported_isas()) {
       std::vector<float> out(ref.size());
       matmul_q4(out.data(), x.data(), w, m, &pool, isa);
-      ASSERT_EQ(std::memcmp(out.data(), ref.data(), ref.size() * sizeof(float)), 0) << q4_isa_name(isa);
+      ASSERT_EQ(std::memcmp(out.data(), ref.data(), ref.size() * sizeof(float)), 0) << cpu_isa_name(isa);
     }
   }
 }
@@ -185,12 +185,12 @@ TEST(MatmulQ4, ActOrder) {
   for (int m : {1, 4, 33}) {
     const auto x = randn(static_cast<size_t>(m) * k, 9 + m);
     std::vector<float> ref(static_cast<size_t>(m) * n);
-    matmul_q4(ref.data(), x.data(), w, m, &pool, Q4Isa::Scalar);
+    matmul_q4(ref.data(), x.data(), w, m, &pool, CpuIsa::Scalar);
     check_refs(ref, x, a.act, w, m);
-    for (Q4Isa isa : supported_isas()) {
+    for (CpuIsa isa : supported_isas()) {
       std::vector<float> out(ref.size());
       matmul_q4(out.data(), x.data(), w, m, &pool, isa);
-      ASSERT_EQ(std::memcmp(out.data(), ref.data(), ref.size() * sizeof(float)), 0) << q4_isa_name(isa);
+      ASSERT_EQ(std::memcmp(out.data(), ref.data(), ref.size() * sizeof(float)), 0) << cpu_isa_name(isa);
     }
   }
 }
@@ -203,7 +203,7 @@ TEST(MatmulQ4, DefaultPathAndNullPool) {
   std::vector<float> a(300), b(300);
   matmul_q4(a.data(), x.data(), w, 3, nullptr);
   ThreadPool pool(3);
-  matmul_q4(b.data(), x.data(), w, 3, &pool, kernels::cpu::q4_default_isa());
+  matmul_q4(b.data(), x.data(), w, 3, &pool, kernels::cpu::cpu_default_isa());
   EXPECT_EQ(a, b);
   check_refs(a, x, t, w, 3);
 }
@@ -218,8 +218,8 @@ TEST(MatmulQ4, BatchInvariantBitwise) {
     const Q4Matrix w = gptq_to_q4(gptq_view_of(gptq_quantize(wf.data(), sh.n, sh.k, sh.group, sh.sym)));
     const int big = 512;
     const auto x = randn(static_cast<size_t>(big) * sh.k, 22);
-    for (Q4Isa isa : supported_isas()) {
-      SCOPED_TRACE(q4_isa_name(isa));
+    for (CpuIsa isa : supported_isas()) {
+      SCOPED_TRACE(cpu_isa_name(isa));
       ThreadPool pool1(1);
       std::vector<float> full(static_cast<size_t>(big) * sh.n);  // [512, n] reference
       matmul_q4(full.data(), x.data(), w, big, &pool1, isa);
@@ -256,29 +256,29 @@ TEST(MatmulQ4, BatchInvariantBitwise) {
   }
 }
 
-// CHATRADIO_Q4_ISA is read once per process, so each case runs in a fresh
+// CHATRADIO_CPU_ISA is read once per process, so each case runs in a fresh
 // child ("threadsafe" death tests re-execute the binary).
 TEST(MatmulQ4, EnvironmentForcesPath) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
-        setenv("CHATRADIO_Q4_ISA", "scalar", 1);
-        std::exit(static_cast<int>(kernels::cpu::q4_default_isa()));
+        setenv("CHATRADIO_CPU_ISA", "scalar", 1);
+        std::exit(static_cast<int>(kernels::cpu::cpu_default_isa()));
       },
-      ::testing::ExitedWithCode(static_cast<int>(Q4Isa::Scalar)), "");
-  Q4Isa best = Q4Isa::Scalar;
-  for (Q4Isa isa : supported_isas()) best = isa;
+      ::testing::ExitedWithCode(static_cast<int>(CpuIsa::Scalar)), "");
+  CpuIsa best = CpuIsa::Scalar;
+  for (CpuIsa isa : supported_isas()) best = isa;
   EXPECT_EXIT(
       {
-        setenv("CHATRADIO_Q4_ISA", "sse9", 1);
-        std::exit(static_cast<int>(kernels::cpu::q4_default_isa()));
+        setenv("CHATRADIO_CPU_ISA", "sse9", 1);
+        std::exit(static_cast<int>(kernels::cpu::cpu_default_isa()));
       },
-      ::testing::ExitedWithCode(static_cast<int>(best)), "unknown CHATRADIO_Q4_ISA=sse9");
+      ::testing::ExitedWithCode(static_cast<int>(best)), "unknown CHATRADIO_CPU_ISA=sse9");
 }
 
 TEST(MatmulQ4, UnsupportedPathThrows) {
-  for (Q4Isa isa : {Q4Isa::Avx2, Q4Isa::Avx512Vnni}) {
-    if (kernels::cpu::q4_isa_supported(isa)) continue;
+  for (CpuIsa isa : {CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
+    if (kernels::cpu::cpu_isa_supported(isa)) continue;
     const Q4Matrix w = gptq_to_q4(gptq_view_of(gptq_quantize(randn(64, 1).data(), 8, 8, 32, false)));
     float x[8] = {}, y[8];
     EXPECT_THROW(matmul_q4(y, x, w, 1, nullptr, isa), std::invalid_argument);

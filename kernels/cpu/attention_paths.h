@@ -1,0 +1,51 @@
+// The per-(query row, head) attention routine, one per ISA path, shared by
+// attention.cpp (driver + scalar path) and attention_avx2.cpp.
+//
+// The math is fixed so both paths give the same bits, like the int4 matmul
+// (q4.h); both files are compiled with -ffp-contract=off:
+//  - score[t] = dot(q, k_t) * scale, the dot as 8 lanes (lane j sums the
+//    products of dims d ≡ j mod 8, in order, mul then add) combined as
+//    ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7));
+//  - e[t] = attn_exp(score[t] - max) (the polynomial below, exact same ops);
+//  - sum = Σ e[t] in 8 lanes by t mod 8, combined by the same tree;
+//  - out[d] = (Σ_t e[t] * v_t[d], in t order, mul then add) * (1 / sum).
+// A row's result thus depends only on its own query and keys: batch invariant.
+#pragma once
+
+#include <cstdint>
+
+namespace chatradio::kernels::cpu::detail {
+
+// Inputs of one (query row, head) task as plain pointers (the AVX2 unit is
+// compiled with ISA flags and must not instantiate shared inline code).
+struct AttnTask {
+  const float* q;        // [head_dim]
+  const float* k_cache;  // slot s, dim d of this KV head at k_cache[s * kv_row + d]
+  const float* v_cache;  // same layout as k_cache
+  const int32_t* table;  // block ids of the sequence
+  int n_keys;            // positions 0 .. n_keys-1 are attended (causal: pos + 1)
+  int head_dim;
+  int block_size;        // tokens per KV block
+  int64_t kv_row;        // floats per cache slot (n_kv_heads * head_dim)
+  float scale;           // 1 / sqrt(head_dim)
+};
+
+// scores: scratch of attn_scores_len(n_keys) floats.
+using AttendFn = void (*)(float* out /*[head_dim]*/, const AttnTask& t, float* scores);
+inline constexpr int attn_scores_len(int n_keys) { return (n_keys + 7) / 8 * 8; }
+
+void attend_scalar(float* out, const AttnTask& t, float* scores);
+// Needs head_dim % 8 == 0 (the driver falls back to scalar otherwise).
+void attend_avx2(float* out, const AttnTask& t, float* scores);
+
+// exp(x) for x <= 0 as used by softmax: Cephes-style range reduction and a
+// degree-5 polynomial (~2 ulp), written out op by op in both paths; x below
+// kExpMin (or NaN) gives 0.
+inline constexpr float kExpMin = -87.0f;
+inline constexpr float kLog2e = 1.44269504088896341f;
+inline constexpr float kLn2Hi = 0.693359375f;
+inline constexpr float kLn2Lo = -2.12194440e-4f;
+inline constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                      4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
+}  // namespace chatradio::kernels::cpu::detail

@@ -1,0 +1,70 @@
+#include "kernels/cpu/isa.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+
+namespace chatradio::kernels::cpu {
+namespace {
+
+#if defined(__x86_64__) || defined(__i386__)
+bool cpu_has_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+bool cpu_has_avx512vnni() {
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+}
+#endif
+
+}  // namespace
+
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::Scalar: return "scalar";
+    case CpuIsa::Avx2: return "avx2";
+    case CpuIsa::Avx512Vnni: return "avx512vnni";
+  }
+  return "?";
+}
+
+bool cpu_isa_supported(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::Scalar: return true;
+#if defined(__x86_64__) || defined(__i386__)
+    case CpuIsa::Avx2: return cpu_has_avx2();
+    case CpuIsa::Avx512Vnni: return cpu_has_avx512vnni();
+#else
+    default: return false;
+#endif
+  }
+  return false;
+}
+
+CpuIsa cpu_default_isa() {
+  // Function-local static: decided once, thread-safe, no mutable global.
+  static const CpuIsa chosen = [] {
+    CpuIsa best = CpuIsa::Scalar;
+    for (CpuIsa isa : {CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
+      if (cpu_isa_supported(isa)) best = isa;
+    }
+    const char* env = std::getenv("CHATRADIO_CPU_ISA");
+    if (!env || !*env) return best;
+    for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
+      if (std::strcmp(env, cpu_isa_name(isa)) == 0) {
+        if (cpu_isa_supported(isa)) return isa;
+        std::fprintf(stderr, "chatradio: CHATRADIO_CPU_ISA=%s not supported by this CPU; using %s\n", env,
+                     cpu_isa_name(best));
+        return best;
+      }
+    }
+    std::fprintf(stderr, "chatradio: unknown CHATRADIO_CPU_ISA=%s (scalar|avx2|avx512vnni); using %s\n",
+                 env, cpu_isa_name(best));
+    return best;
+  }();
+  return chosen;
+}
+
+}  // namespace chatradio::kernels::cpu

@@ -3,7 +3,9 @@
 // table row per run so results paste into bench/README.md.
 //
 // usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N]
-//                      [--context N] [--quantize int4]
+//                      [--context N] [--quantize int4] [--kv-dtype f16|f32]
+// Columns: model, threads, KV dtype, weights GB, decode tok/s at context 0,
+// decode tok/s at --context, prefill tok/s, peak RSS GiB, load s.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -28,10 +30,10 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-double peak_rss_gb() {
+double peak_rss_gib() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1e6;  // KiB -> GB (decimal)
+  return ru.ru_maxrss / 1048576.0;  // KiB -> GiB
 }
 
 struct Runner {
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
   std::string dir;
   int threads = 1, prefill = 256, decode = 32, context = 256;
   bool quantize = false;
+  chatradio::model::KvDtype kv = chatradio::model::KvDtype::kF16;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--model") dir = v;
@@ -70,18 +73,20 @@ int main(int argc, char** argv) {
     else if (a == "--decode") decode = std::atoi(v.c_str());
     else if (a == "--context") context = std::atoi(v.c_str());
     else if (a == "--quantize" && v == "int4") quantize = true;
+    else if (a == "--kv-dtype" && (v == "f16" || v == "f32")) kv = v == "f16" ? chatradio::model::KvDtype::kF16 : chatradio::model::KvDtype::kF32;
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;
     }
   }
   if (dir.empty()) {
-    std::fprintf(stderr, "usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N] [--context N] [--quantize int4]\n");
+    std::fprintf(stderr, "usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N] [--context N] [--quantize int4] [--kv-dtype f16|f32]\n");
     return 2;
   }
   try {
     chatradio::model::CpuBackendOptions opts;
     opts.n_threads = threads;
+    opts.kv_dtype = kv;
     const int positions = std::max(prefill, context) + decode + 1;
     opts.n_kv_blocks = (positions + opts.kv_block_size - 1) / opts.kv_block_size;
     chatradio::model::LoadOptions load;
@@ -112,9 +117,9 @@ int main(int argc, char** argv) {
     }
     const double decode_ctx = r.decode(context, decode);
 
-    std::printf("| %s | %d | %.1f | %.2f | %.2f (ctx %d) | %.1f (%d tok) | %.2f | %.2f |\n",
-                dir.c_str(), threads, llama->weights().bytes() / 1e9, decode0, decode_ctx, context,
-                prefill_tps, prefill, peak_rss_gb(), load_s);
+    std::printf("| %s | %d | %s | %.1f | %.2f | %.2f (ctx %d) | %.1f (%d tok) | %.2f | %.2f |\n",
+                dir.c_str(), threads, chatradio::model::kv_dtype_name(kv), llama->weights().bytes() / 1e9,
+                decode0, decode_ctx, context, prefill_tps, prefill, peak_rss_gib(), load_s);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cpu_e2e: %s\n", e.what());

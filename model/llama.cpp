@@ -152,17 +152,24 @@ LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model
   return w;
 }
 
-CpuLlama::CpuLlama(LlamaConfig cfg, LlamaWeights weights, const CpuBackendOptions& opts)
-    : cfg_(cfg), w_(std::move(weights)), opts_(opts) {
-  if (opts_.n_kv_blocks <= 0 || opts_.kv_block_size <= 0) {
+namespace {
+
+const CpuBackendOptions& checked(const CpuBackendOptions& opts) {
+  if (opts.n_kv_blocks <= 0 || opts.kv_block_size <= 0) {
     throw ModelError("KV cache needs a positive block count and block size");
   }
-  if (opts_.n_threads < 1) throw ModelError("CPU backend needs at least one thread");
-  pool_ = std::make_unique<kernels::cpu::ThreadPool>(opts_.n_threads);
-  const size_t pool = static_cast<size_t>(opts_.n_kv_blocks) * opts_.kv_block_size * cfg_.kv_dim();
-  k_cache_.assign(cfg_.num_hidden_layers, std::vector<float>(pool));
-  v_cache_.assign(cfg_.num_hidden_layers, std::vector<float>(pool));
+  if (opts.n_threads < 1) throw ModelError("CPU backend needs at least one thread");
+  return opts;
 }
+
+}  // namespace
+
+CpuLlama::CpuLlama(LlamaConfig cfg, LlamaWeights weights, const CpuBackendOptions& opts)
+    : cfg_(cfg),
+      w_(std::move(weights)),
+      opts_(checked(opts)),
+      pool_(std::make_unique<kernels::cpu::ThreadPool>(opts_.n_threads)),
+      kv_(cfg_.num_hidden_layers, opts_.n_kv_blocks, opts_.kv_block_size, cfg_.kv_dim(), opts_.kv_dtype) {}
 
 std::unique_ptr<CpuLlama> CpuLlama::load(const std::string& model_dir, const CpuBackendOptions& opts,
                                          const LoadOptions& load) {
@@ -229,9 +236,16 @@ void CpuLlama::forward(std::span<float> logits, const Batch& batch) {
     L.v.apply(s_.v.data(), s_.h.data(), n, pool);
     cpu::rope(s_.q.data(), s_.positions.data(), n, cfg_.num_attention_heads, rope);
     cpu::rope(s_.k.data(), s_.positions.data(), n, cfg_.num_key_value_heads, rope);
-    cpu::kv_write(k_cache_[l].data(), v_cache_[l].data(), s_.k.data(), s_.v.data(), s_.slots.data(), n,
-                  shape);
-    cpu::attention(s_.att.data(), s_.q.data(), k_cache_[l].data(), v_cache_[l].data(), paged, shape, pool);
+    // Same two ops on a float or a half cache.
+    auto attend = [&](auto* k_cache, auto* v_cache) {
+      cpu::kv_write(k_cache, v_cache, s_.k.data(), s_.v.data(), s_.slots.data(), n, shape);
+      cpu::attention(s_.att.data(), s_.q.data(), k_cache, v_cache, paged, shape, pool);
+    };
+    if (kv_.dtype() == KvDtype::kF16) {
+      attend(kv_.k_f16(l), kv_.v_f16(l));
+    } else {
+      attend(kv_.k_f32(l), kv_.v_f32(l));
+    }
     L.o.apply(s_.h.data(), s_.att.data(), n, pool);
     cpu::add(s_.x.data(), s_.x.data(), s_.h.data(), n * d);
 
@@ -264,11 +278,7 @@ void CpuLlama::copy_kv_block(int dst, int src) {
   if (dst < 0 || src < 0 || dst >= opts_.n_kv_blocks || src >= opts_.n_kv_blocks) {
     throw ModelError("copy_kv_block: block id out of range");
   }
-  const size_t block = static_cast<size_t>(opts_.kv_block_size) * cfg_.kv_dim();
-  for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
-    std::copy_n(k_cache_[l].begin() + src * block, block, k_cache_[l].begin() + dst * block);
-    std::copy_n(v_cache_[l].begin() + src * block, block, v_cache_[l].begin() + dst * block);
-  }
+  kv_.copy_block(dst, src);
 }
 
 }  // namespace chatradio::model

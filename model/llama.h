@@ -13,6 +13,7 @@
 #include "kernels/cpu/thread_pool.h"
 #include "model/backend.h"
 #include "model/config.h"
+#include "model/kv_cache.h"
 
 namespace chatradio::model {
 
@@ -88,6 +89,7 @@ struct CpuBackendOptions {
   int n_kv_blocks = 256;  // KV pool size in blocks
   int kv_block_size = 16;
   int n_threads = 1;      // including the calling thread
+  KvDtype kv_dtype = KvDtype::kF16;
 };
 
 class CpuLlama final : public Backend {
@@ -109,8 +111,7 @@ class CpuLlama final : public Backend {
   LlamaWeights w_;
   CpuBackendOptions opts_;
   std::unique_ptr<kernels::cpu::ThreadPool> pool_;
-  // Per layer: [n_kv_blocks, block_size, n_kv_heads, head_dim].
-  std::vector<std::vector<float>> k_cache_, v_cache_;
+  KvCache kv_;
 
   // Scratch reused across steps (capacity grows to the largest batch seen).
   struct Scratch {

@@ -6,10 +6,12 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/attention_paths.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/half.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace chatradio::kernels::cpu {
@@ -36,8 +38,10 @@ float attn_exp(float x) {
 
 float lane_tree(const float l[8]) { return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])); }
 
-}  // namespace
+float widen(float x) { return x; }
+float widen(uint16_t h) { return half_to_float(h); }
 
+template <typename T>
 void attend_scalar(float* out, const AttnTask& t, float* scores) {
   const int hd = t.head_dim, n = t.n_keys, bs = t.block_size;
   // Keys are visited block by block: no division per key.
@@ -49,9 +53,9 @@ void attend_scalar(float* out, const AttnTask& t, float* scores) {
   };
   float mx = -INFINITY;
   for_each_key([&](int key, int64_t row) {
-    const float* k = t.k_cache + row;  // [head_dim]
+    const T* k = static_cast<const T*>(t.k_cache) + row;  // [head_dim]
     float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int d = 0; d < hd; ++d) l[d & 7] = l[d & 7] + t.q[d] * k[d];
+    for (int d = 0; d < hd; ++d) l[d & 7] = l[d & 7] + t.q[d] * widen(k[d]);
     scores[key] = lane_tree(l) * t.scale;
     mx = std::max(mx, scores[key]);
   });
@@ -65,29 +69,34 @@ void attend_scalar(float* out, const AttnTask& t, float* scores) {
   const float inv = 1.0f / lane_tree(l);
   std::fill(out, out + hd, 0.0f);
   for_each_key([&](int key, int64_t row) {
-    const float* v = t.v_cache + row;  // [head_dim]
-    for (int d = 0; d < hd; ++d) out[d] = out[d] + scores[key] * v[d];
+    const T* v = static_cast<const T*>(t.v_cache) + row;  // [head_dim]
+    for (int d = 0; d < hd; ++d) out[d] = out[d] + scores[key] * widen(v[d]);
   });
   for (int d = 0; d < hd; ++d) out[d] = out[d] * inv;
 }
 
+}  // namespace
+
+void attend_scalar_f32(float* out, const AttnTask& t, float* scores) { attend_scalar<float>(out, t, scores); }
+void attend_scalar_f16(float* out, const AttnTask& t, float* scores) { attend_scalar<uint16_t>(out, t, scores); }
+
 }  // namespace detail
 
-void attention(float* out, const float* q, const float* k_cache, const float* v_cache,
-               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool) {
-  attention(out, q, k_cache, v_cache, batch, shape, pool, cpu_default_isa());
-}
+namespace {
 
-void attention(float* out, const float* q, const float* k_cache, const float* v_cache,
-               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool, CpuIsa isa) {
+// The driver for either cache element type T (float or IEEE half bits).
+template <typename T>
+void run_attention(float* out, const float* q, const T* k_cache, const T* v_cache, const PagedBatch& batch,
+                   const AttnShape& shape, ThreadPool* pool, CpuIsa isa) {
   if (!cpu_isa_supported(isa)) {
     throw std::invalid_argument(std::string("attention: ISA path ") + cpu_isa_name(isa) +
                                 " not supported on this CPU");
   }
+  constexpr bool kHalf = std::is_same_v<T, uint16_t>;
   const int hd = shape.head_dim;
-  detail::AttendFn attend = detail::attend_scalar;
+  detail::AttendFn attend = kHalf ? detail::attend_scalar_f16 : detail::attend_scalar_f32;
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa != CpuIsa::Scalar && hd % 8 == 0) attend = detail::attend_avx2;
+  if (isa != CpuIsa::Scalar && hd % 8 == 0) attend = kHalf ? detail::attend_avx2_f16 : detail::attend_avx2_f32;
 #endif
   const int group = shape.n_heads / shape.n_kv_heads;  // query heads per KV head
   const int64_t q_row = static_cast<int64_t>(shape.n_heads) * hd;
@@ -129,6 +138,25 @@ void attention(float* out, const float* q, const float* k_cache, const float* v_
     std::vector<float> scores(scores_len);
     for (int task = 0; task < n_tasks; ++task) run(task, scores.data());
   }
+}
+
+}  // namespace
+
+void attention(float* out, const float* q, const float* k_cache, const float* v_cache,
+               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool) {
+  run_attention(out, q, k_cache, v_cache, batch, shape, pool, cpu_default_isa());
+}
+void attention(float* out, const float* q, const float* k_cache, const float* v_cache,
+               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool, CpuIsa isa) {
+  run_attention(out, q, k_cache, v_cache, batch, shape, pool, isa);
+}
+void attention(float* out, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool) {
+  run_attention(out, q, k_cache, v_cache, batch, shape, pool, cpu_default_isa());
+}
+void attention(float* out, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool, CpuIsa isa) {
+  run_attention(out, q, k_cache, v_cache, batch, shape, pool, isa);
 }
 
 }  // namespace chatradio::kernels::cpu

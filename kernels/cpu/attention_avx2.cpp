@@ -1,6 +1,6 @@
 // AVX2 path of the paged attention (math: attention_paths.h; the scalar path
 // in attention.cpp gives the same bits). Compiled with -mavx2 -mfma
-// -ffp-contract=off and reached only through the runtime dispatch.
+// -mf16c -ffp-contract=off and reached only through the runtime dispatch.
 //
 // Why it is shaped this way: scores are computed 8 keys at a time with one
 // accumulator per key (lane = dim mod 8), so the 8 horizontal reductions
@@ -52,6 +52,12 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
 }
 
+// 8 cache elements widened to float (a half converts exactly).
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
 // attn_exp of attention.cpp, 8 lanes, op for op.
 inline __m256 exp8(__m256 x) {
   const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kExpMin), _CMP_GE_OQ);
@@ -71,23 +77,22 @@ inline __m256 exp8(__m256 x) {
 }
 
 // out[NC*8 dims starting at c0] = Σ_t scores[t] * v_t, then * inv.
-template <int NC>
+template <int NC, typename T>
 void weighted_sum(float* out, const AttnTask& t, const float* scores, int c0, float inv) {
   __m256 acc[NC];
   for (int i = 0; i < NC; ++i) acc[i] = _mm256_setzero_ps();
   KeyCursor cur{t.table, t.block_size, 0, 0, t.kv_row};
   for (int key = 0; key < t.n_keys; ++key, cur.next()) {
-    const float* v = t.v_cache + cur.row() + c0;  // [NC*8]
+    const T* v = static_cast<const T*>(t.v_cache) + cur.row() + c0;  // [NC*8]
     const __m256 p = _mm256_set1_ps(scores[key]);
-    for (int i = 0; i < NC; ++i) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(p, _mm256_loadu_ps(v + 8 * i)));
+    for (int i = 0; i < NC; ++i) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(p, load8(v + 8 * i)));
   }
   const __m256 iv = _mm256_set1_ps(inv);
   for (int i = 0; i < NC; ++i) _mm256_storeu_ps(out + c0 + 8 * i, _mm256_mul_ps(acc[i], iv));
 }
 
-}  // namespace
-
-void attend_avx2(float* out, const AttnTask& t, float* scores) {
+template <typename T>
+void attend(float* out, const AttnTask& t, float* scores) {
   const int hd = t.head_dim, n = t.n_keys;
   const __m256 scale = _mm256_set1_ps(t.scale);
   const __m256 neg_inf = _mm256_set1_ps(-__builtin_inff());
@@ -95,9 +100,9 @@ void attend_avx2(float* out, const AttnTask& t, float* scores) {
   KeyCursor cur{t.table, t.block_size, 0, 0, t.kv_row};
   for (int t0 = 0; t0 < n; t0 += 8) {
     const int nk = n - t0 < 8 ? n - t0 : 8;
-    const float* k[8];  // past the end: the last key again; those lanes become -inf
+    const T* k[8];  // past the end: the last key again; those lanes become -inf
     for (int j = 0; j < 8; ++j) {
-      k[j] = t.k_cache + cur.row();
+      k[j] = static_cast<const T*>(t.k_cache) + cur.row();
       if (j + 1 < nk) cur.next();
     }
     if (nk == 8) cur.next();
@@ -105,7 +110,7 @@ void attend_avx2(float* out, const AttnTask& t, float* scores) {
     for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
     for (int c = 0; c < hd; c += 8) {
       const __m256 qc = _mm256_loadu_ps(t.q + c);
-      for (int j = 0; j < 8; ++j) acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(qc, _mm256_loadu_ps(k[j] + c)));
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(qc, load8(k[j] + c)));
     }
     __m256 s = _mm256_mul_ps(reduce8(acc), scale);
     if (nk < 8) {
@@ -125,18 +130,23 @@ void attend_avx2(float* out, const AttnTask& t, float* scores) {
   }
   const float inv = 1.0f / lane_tree(sum);
   int c0 = 0;
-  for (; c0 + 64 <= hd; c0 += 64) weighted_sum<8>(out, t, scores, c0, inv);
+  for (; c0 + 64 <= hd; c0 += 64) weighted_sum<8, T>(out, t, scores, c0, inv);
   switch ((hd - c0) / 8) {
-    case 7: weighted_sum<7>(out, t, scores, c0, inv); break;
-    case 6: weighted_sum<6>(out, t, scores, c0, inv); break;
-    case 5: weighted_sum<5>(out, t, scores, c0, inv); break;
-    case 4: weighted_sum<4>(out, t, scores, c0, inv); break;
-    case 3: weighted_sum<3>(out, t, scores, c0, inv); break;
-    case 2: weighted_sum<2>(out, t, scores, c0, inv); break;
-    case 1: weighted_sum<1>(out, t, scores, c0, inv); break;
+    case 7: weighted_sum<7, T>(out, t, scores, c0, inv); break;
+    case 6: weighted_sum<6, T>(out, t, scores, c0, inv); break;
+    case 5: weighted_sum<5, T>(out, t, scores, c0, inv); break;
+    case 4: weighted_sum<4, T>(out, t, scores, c0, inv); break;
+    case 3: weighted_sum<3, T>(out, t, scores, c0, inv); break;
+    case 2: weighted_sum<2, T>(out, t, scores, c0, inv); break;
+    case 1: weighted_sum<1, T>(out, t, scores, c0, inv); break;
     default: break;
   }
 }
+
+}  // namespace
+
+void attend_avx2_f32(float* out, const AttnTask& t, float* scores) { attend<float>(out, t, scores); }
+void attend_avx2_f16(float* out, const AttnTask& t, float* scores) { attend<uint16_t>(out, t, scores); }
 
 }  // namespace chatradio::kernels::cpu::detail
 

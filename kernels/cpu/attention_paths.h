@@ -17,11 +17,13 @@
 namespace chatradio::kernels::cpu::detail {
 
 // Inputs of one (query row, head) task as plain pointers (the AVX2 unit is
-// compiled with ISA flags and must not instantiate shared inline code).
+// compiled with ISA flags and must not instantiate shared inline code). The
+// cache holds float or IEEE half elements (the path is chosen per dtype); a
+// half is widened exactly, so the math above is unchanged.
 struct AttnTask {
   const float* q;        // [head_dim]
-  const float* k_cache;  // slot s, dim d of this KV head at k_cache[s * kv_row + d]
-  const float* v_cache;  // same layout as k_cache
+  const void* k_cache;   // slot s, dim d of this KV head at element s * kv_row + d
+  const void* v_cache;   // same layout as k_cache
   const int32_t* table;  // block ids of the sequence
   int n_keys;            // positions 0 .. n_keys-1 are attended (causal: pos + 1)
   int head_dim;
@@ -34,9 +36,11 @@ struct AttnTask {
 using AttendFn = void (*)(float* out /*[head_dim]*/, const AttnTask& t, float* scores);
 inline constexpr int attn_scores_len(int n_keys) { return (n_keys + 7) / 8 * 8; }
 
-void attend_scalar(float* out, const AttnTask& t, float* scores);
-// Needs head_dim % 8 == 0 (the driver falls back to scalar otherwise).
-void attend_avx2(float* out, const AttnTask& t, float* scores);
+void attend_scalar_f32(float* out, const AttnTask& t, float* scores);
+void attend_scalar_f16(float* out, const AttnTask& t, float* scores);
+// Need head_dim % 8 == 0 (the driver falls back to scalar otherwise).
+void attend_avx2_f32(float* out, const AttnTask& t, float* scores);
+void attend_avx2_f16(float* out, const AttnTask& t, float* scores);
 
 // exp(x) for x <= 0 as used by softmax: Cephes-style range reduction and a
 // degree-5 polynomial (~2 ulp), written out op by op in both paths; x below

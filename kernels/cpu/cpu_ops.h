@@ -37,6 +37,10 @@ void rope(float* x, const int32_t* positions, int n_tokens, int n_heads, const R
 // k, v: [n_tokens, n_kv_heads * head_dim]; slots[t] = block_id * block_size + offset.
 void kv_write(float* k_cache, float* v_cache, const float* k, const float* v, const int32_t* slots,
               int n_tokens, const AttnShape& shape);
+// Same into an IEEE-half cache (float_to_half of each element: half the
+// memory and bandwidth of a float cache, at ~3 significant digits per value).
+void kv_write(uint16_t* k_cache, uint16_t* v_cache, const float* k, const float* v, const int32_t* slots,
+              int n_tokens, const AttnShape& shape);
 
 // Causal grouped-query attention of the batch's new tokens over the paged cache.
 // out: [n_q, n_heads * head_dim]; q: [n_q, n_heads * head_dim] (RoPE applied),
@@ -49,6 +53,11 @@ void attention(float* out, const float* q, const float* k_cache, const float* v_
 // Same on an explicit path; throws std::invalid_argument when it is not
 // supported here.
 void attention(float* out, const float* q, const float* k_cache, const float* v_cache,
+               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool, CpuIsa isa);
+// The same over an IEEE-half cache (elements widened exactly, then the same math).
+void attention(float* out, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+               const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool = nullptr);
+void attention(float* out, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
                const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool, CpuIsa isa);
 
 // out[n] = silu(gate[n]) * up[n]. out may alias gate or up.

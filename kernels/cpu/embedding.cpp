@@ -1,7 +1,7 @@
 #include <cstring>
 
 #include "kernels/cpu/cpu_ops.h"
-#include "kernels/cpu/q4.h"
+#include "kernels/cpu/half.h"
 
 namespace chatradio::kernels::cpu {
 

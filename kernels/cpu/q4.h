@@ -36,15 +36,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/half.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace chatradio::kernels::cpu {
-
-// IEEE binary16 <-> float (round-to-nearest-even, subnormals, inf/NaN). Kept
-// here because kernels/ must not depend on model/.
-float half_to_float(uint16_t h);
-uint16_t float_to_half(float f);
 
 inline constexpr int kQ4BlockInputs = 32;  // inputs per int8 activation block
 inline constexpr int kQ4PanelCols = 8;     // output columns per interleaved panel

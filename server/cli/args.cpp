@@ -57,4 +57,11 @@ double Args::number(const std::string& name, double fallback) const {
   return v;
 }
 
+model::KvDtype kv_dtype_arg(const Args& args) {
+  const std::string v = args.str("kv-dtype", "f16");
+  if (v == "f16") return model::KvDtype::kF16;
+  if (v == "f32") return model::KvDtype::kF32;
+  throw UsageError("--kv-dtype must be f16 or f32, got '" + v + "'");
+}
+
 }  // namespace chatradio::cli

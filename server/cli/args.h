@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "model/kv_cache.h"
+
 namespace chatradio::cli {
 
 class UsageError : public std::runtime_error {
@@ -28,5 +30,8 @@ class Args {
  private:
   std::map<std::string, std::string> values_;
 };
+
+// --kv-dtype f16|f32 (default f16), shared by the commands that run a model.
+model::KvDtype kv_dtype_arg(const Args& args);
 
 }  // namespace chatradio::cli

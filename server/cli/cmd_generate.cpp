@@ -33,12 +33,13 @@ constexpr const char* kHelp =
     "  --seed S                  RNG seed (default 0); same seed, same output\n"
     "  --quantize int4           quantize a float checkpoint to int4 at load (GPTQ ones are int4 already)\n"
     "  --threads N               CPU threads (default 1)\n"
+    "  --kv-dtype f16|f32        KV cache element type (default f16)\n"
     "  --ids                     print token ids (prompt with BOS, then generated) instead of text\n";
 
 int run(int argc, char** argv) {
   const Args args(argc, argv,
                   {"model", "prompt", "max-tokens", "temperature", "top-k", "top-p",
-                   "repetition-penalty", "seed", "quantize", "threads"},
+                   "repetition-penalty", "seed", "quantize", "threads", "kv-dtype"},
                   {"ids", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -64,10 +65,11 @@ int run(int argc, char** argv) {
   const model::Tokenizer tok = model::Tokenizer::load(dir + "/tokenizer.model");
   const std::vector<int32_t> ids = tok.encode(prompt, /*add_bos=*/true);
   const model::LlamaConfig cfg = model::load_llama_config(dir);
-  // Size the KV pool for exactly this sequence: f32 KV of a 7B model at full
+  // Size the KV pool for exactly this sequence: KV of a 7B model at full
   // context would be gigabytes.
   model::CpuBackendOptions opts;
   opts.n_threads = static_cast<int>(args.integer("threads", 1, 1, 256));
+  opts.kv_dtype = kv_dtype_arg(args);
   const int64_t positions = static_cast<int64_t>(ids.size()) + max_tokens;
   opts.n_kv_blocks = static_cast<int>(std::max<int64_t>(1, (positions + opts.kv_block_size - 1) / opts.kv_block_size));
   model::CpuLlama llama(cfg, model::load_llama_weights(cfg, dir, load), opts);

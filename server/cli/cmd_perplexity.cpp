@@ -31,7 +31,8 @@ constexpr const char* kHelp =
     "  --reference DIR    float checkpoint to compare a GPTQ model with\n"
     "  --window N         positions per window (default: the model's context)\n"
     "  --group-size N     int4 group size when quantizing at load (32, 64, 128; default 128)\n"
-    "  --threads N        CPU threads (default 1)\n";
+    "  --threads N        CPU threads (default 1)\n"
+    "  --kv-dtype f16|f32 KV cache element type (default f16, as served)\n";
 
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -42,10 +43,11 @@ std::string read_file(const std::string& path) {
 }
 
 void score(const char* label, const std::string& dir, const model::LoadOptions& load,
-           const std::vector<int32_t>& ids, int window, int threads) {
+           const std::vector<int32_t>& ids, int window, int threads, model::KvDtype kv_dtype) {
   const auto t0 = std::chrono::steady_clock::now();
   model::CpuBackendOptions opts;
   opts.n_threads = threads;
+  opts.kv_dtype = kv_dtype;
   opts.n_kv_blocks = (window + opts.kv_block_size - 1) / opts.kv_block_size;
   const auto llama = model::CpuLlama::load(dir, opts, load);
   const model::PerplexityResult r = model::perplexity(*llama, ids, window);
@@ -56,7 +58,8 @@ void score(const char* label, const std::string& dir, const model::LoadOptions& 
 }
 
 int run(int argc, char** argv) {
-  const Args args(argc, argv, {"model", "text", "reference", "window", "group-size", "threads"}, {"help"});
+  const Args args(argc, argv, {"model", "text", "reference", "window", "group-size", "threads", "kv-dtype"},
+                  {"help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -68,17 +71,18 @@ int run(int argc, char** argv) {
                                                     cfg.max_position_embeddings));
   const int group = static_cast<int>(args.integer("group-size", 128, -1, 1 << 20));
   const int threads = static_cast<int>(args.integer("threads", 1, 1, 256));
+  const model::KvDtype kv = kv_dtype_arg(args);
   const model::Tokenizer tok = model::Tokenizer::load(dir + "/tokenizer.model");
   const std::vector<int32_t> ids = tok.encode(text);
   if (ids.empty()) throw UsageError("the --text file has no tokens");
   std::printf("%zu bytes, %zu tokens, window %d\n", text.size(), ids.size(), window);
 
   if (model::is_gptq_checkpoint(dir)) {
-    if (args.has("reference")) score("float", args.str("reference"), {}, ids, window, threads);
-    score("int4", dir, {}, ids, window, threads);
+    if (args.has("reference")) score("float", args.str("reference"), {}, ids, window, threads, kv);
+    score("int4", dir, {}, ids, window, threads, kv);
   } else {
-    score("float", dir, {}, ids, window, threads);
-    score("int4", dir, {model::WeightFormat::kInt4, group}, ids, window, threads);
+    score("float", dir, {}, ids, window, threads, kv);
+    score("int4", dir, {model::WeightFormat::kInt4, group}, ids, window, threads, kv);
   }
   return 0;
 }

@@ -83,6 +83,14 @@ const std::vector<Spec>& specs() {
     t.push_back(int_opt("kv-block-size", "tokens per KV block (default 16)", 1, 1024,
                         &ServerOptions::kv_block_size));
     {
+      Spec s{"kv-dtype", "f16|f32",
+             "KV cache element type on the CPU backend (default f16: half the memory per token; the CUDA "
+             "backend always stores f16)",
+             Kind::kChoice, 0, 0, {"f16", "f32"}, nullptr};
+      s.set = [](ServerOptions& o, const std::string& v) { o.kv_dtype = v; };
+      t.push_back(std::move(s));
+    }
+    {
       Spec s{"quantize", "int4", "quantize float weights to int4 at load (default: as stored)", Kind::kChoice, 0, 0,
              {"int4", "none"}, nullptr};
       s.set = [](ServerOptions& o, const std::string& v) { o.quantize = v == "none" ? "" : v; };

@@ -30,6 +30,7 @@ struct ServerOptions {
   int threads = 0;                    // 0 = std::thread::hardware_concurrency()
   int kv_blocks = 256;                // KV pool size in blocks
   int kv_block_size = 16;             // tokens per KV block
+  std::string kv_dtype = "f16";       // f16 | f32 (CPU backend; CUDA stores f16)
   std::string quantize;               // "" (as stored) or "int4" (RTN at load)
   int quantize_group_size = 128;
 

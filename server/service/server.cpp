@@ -200,6 +200,7 @@ void ChatradioServer::load_and_warm_up() {
   model::CpuBackendOptions bo;
   bo.n_kv_blocks = opts_.kv_blocks;
   bo.kv_block_size = opts_.kv_block_size;
+  bo.kv_dtype = opts_.kv_dtype == "f32" ? model::KvDtype::kF32 : model::KvDtype::kF16;
   bo.n_threads = opts_.threads > 0 ? opts_.threads
                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   model::LoadOptions lo;
@@ -211,6 +212,9 @@ void ChatradioServer::load_and_warm_up() {
 #ifdef CHATRADIO_WITH_CUDA
   if (opts_.backend == "cuda" || (opts_.backend == "auto" && model::CudaLlama::device_count() > 0)) {
     // The GPU always runs int4: CudaLlama quantizes float checkpoints at load.
+    if (opts_.kv_dtype == "f32") {
+      throw model::ModelError("--kv-dtype f32: the CUDA backend stores its KV cache in f16 only");
+    }
     model::CudaBackendOptions co;
     co.n_kv_blocks = opts_.kv_blocks;
     co.kv_block_size = opts_.kv_block_size;
@@ -271,6 +275,8 @@ void ChatradioServer::load_and_warm_up() {
   log_.event("ready", {{"model", runtime_->info.name()},
                        {"version", runtime_->info.version()},
                        {"weights", runtime_->info.weights()},
+                       {"backend", runtime_->info.backend()},
+                       {"kv_dtype", runtime_->info.backend() == "cuda" ? std::string("f16") : opts_.kv_dtype},
                        {"context", int64_t{runtime_->context}},
                        {"load_s", load_s},
                        {"warmup_s", warm_s}});

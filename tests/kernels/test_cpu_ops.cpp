@@ -7,9 +7,11 @@
 #include <cmath>
 #include <complex>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/half.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace chatradio::kernels::cpu {
@@ -117,8 +119,9 @@ struct AttnCase {
 };
 
 // Paged attention over scattered blocks equals dense causal attention computed
-// directly from the unpaged K/V (double precision); every ISA path and thread
-// count gives the same bits as the scalar path.
+// directly from the unpaged K/V (double precision; for a half cache, from the
+// half-rounded K/V); every ISA path and thread count gives the same bits as
+// the scalar path, for a float and for a half cache.
 void check_attention(const AttnCase& c) {
   const AttnShape& shape = c.shape;
   const int hd = shape.head_dim, bs = shape.block_size, n_kv = shape.n_kv_heads, n_heads = shape.n_heads;
@@ -143,49 +146,77 @@ void check_attention(const AttnCase& c) {
   const int n_q = q_start.back();
   const auto q = randn(n_q * n_heads * hd, c.seed + 1);
   std::vector<std::vector<float>> dense_k(n_seqs), dense_v(n_seqs);
-  std::vector<float> kc(n_blocks * bs * n_kv * hd, NAN), vc(kc.size(), NAN);  // unused slots poisoned
+  const size_t cache_size = static_cast<size_t>(n_blocks) * bs * n_kv * hd;
+  std::vector<float> kc(cache_size, NAN), vc(cache_size, NAN);  // unused slots poisoned
+  std::vector<uint16_t> kh(cache_size, 0x7E00), vh(cache_size, 0x7E00);
   for (int s = 0; s < n_seqs; ++s) {
     dense_k[s] = randn(c.ctx[s] * n_kv * hd, c.seed + 100 + s);
     dense_v[s] = randn(c.ctx[s] * n_kv * hd, c.seed + 200 + s);
     std::vector<int32_t> slots(c.ctx[s]);
     for (int t = 0; t < c.ctx[s]; ++t) slots[t] = tables[s][t / bs] * bs + t % bs;
     kv_write(kc.data(), vc.data(), dense_k[s].data(), dense_v[s].data(), slots.data(), c.ctx[s], shape);
+    kv_write(kh.data(), vh.data(), dense_k[s].data(), dense_v[s].data(), slots.data(), c.ctx[s], shape);
   }
   const std::vector<int32_t> ctx32(c.ctx.begin(), c.ctx.end());
   const PagedBatch batch{n_seqs, q_start.data(), ctx32.data(), flat.data(), max_blocks};
-  std::vector<float> out(n_q * n_heads * hd);
-  attention(out.data(), q.data(), kc.data(), vc.data(), batch, shape, nullptr, CpuIsa::Scalar);
   ThreadPool pool(3);
-  for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
-    if (!cpu_isa_supported(isa)) continue;
-    std::vector<float> threaded(out.size());
-    attention(threaded.data(), q.data(), kc.data(), vc.data(), batch, shape, &pool, isa);
-    EXPECT_EQ(out, threaded) << cpu_isa_name(isa) << " head_dim " << hd << " block " << bs;
-  }
-  for (int s = 0; s < n_seqs; ++s)
-    for (int j = 0; j < c.n_new[s]; ++j) {
-      const int pos = c.ctx[s] - c.n_new[s] + j;
-      for (int h = 0; h < n_heads; ++h) {
-        const int kvh = h / (n_heads / n_kv);
-        const float* qh = &q[((q_start[s] + j) * n_heads + h) * hd];
-        std::vector<double> p(pos + 1);
-        double mx = -1e300, sum = 0;
-        for (int t = 0; t <= pos; ++t) {
-          double dot = 0;
-          for (int d = 0; d < hd; ++d) dot += qh[d] * dense_k[s][(t * n_kv + kvh) * hd + d];
-          p[t] = dot / std::sqrt(double(hd));
-          mx = std::max(mx, p[t]);
-        }
-        for (double& v : p) sum += (v = std::exp(v - mx));
-        for (int d = 0; d < hd; ++d) {
-          double o = 0;
-          for (int t = 0; t <= pos; ++t) o += p[t] / sum * dense_v[s][(t * n_kv + kvh) * hd + d];
-          ASSERT_NEAR(out[((q_start[s] + j) * n_heads + h) * hd + d], o, 2e-5)
-              << "heads " << n_heads << "/" << n_kv << " head_dim " << hd << " block " << bs << " seq " << s
-              << " q " << j;
+  for (bool half : {false, true}) {
+    const std::string what = std::string(half ? "half" : "float") + " cache, head_dim " + std::to_string(hd) +
+                             " block " + std::to_string(bs);
+    auto run = [&](float* out, ThreadPool* p, CpuIsa isa) {
+      if (half) {
+        attention(out, q.data(), kh.data(), vh.data(), batch, shape, p, isa);
+      } else {
+        attention(out, q.data(), kc.data(), vc.data(), batch, shape, p, isa);
+      }
+    };
+    std::vector<float> out(n_q * n_heads * hd);
+    run(out.data(), nullptr, CpuIsa::Scalar);
+    for (CpuIsa isa : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
+      if (!cpu_isa_supported(isa)) continue;
+      std::vector<float> threaded(out.size());
+      run(threaded.data(), &pool, isa);
+      EXPECT_EQ(out, threaded) << cpu_isa_name(isa) << ", " << what;
+    }
+    auto stored = [&](float x) { return half ? half_to_float(float_to_half(x)) : x; };
+    for (int s = 0; s < n_seqs; ++s)
+      for (int j = 0; j < c.n_new[s]; ++j) {
+        const int pos = c.ctx[s] - c.n_new[s] + j;
+        for (int h = 0; h < n_heads; ++h) {
+          const int kvh = h / (n_heads / n_kv);
+          const float* qh = &q[((q_start[s] + j) * n_heads + h) * hd];
+          std::vector<double> p(pos + 1);
+          double mx = -1e300, sum = 0;
+          for (int t = 0; t <= pos; ++t) {
+            double dot = 0;
+            for (int d = 0; d < hd; ++d) dot += qh[d] * stored(dense_k[s][(t * n_kv + kvh) * hd + d]);
+            p[t] = dot / std::sqrt(double(hd));
+            mx = std::max(mx, p[t]);
+          }
+          for (double& v : p) sum += (v = std::exp(v - mx));
+          for (int d = 0; d < hd; ++d) {
+            double o = 0;
+            for (int t = 0; t <= pos; ++t) o += p[t] / sum * stored(dense_v[s][(t * n_kv + kvh) * hd + d]);
+            ASSERT_NEAR(out[((q_start[s] + j) * n_heads + h) * hd + d], o, 2e-5)
+                << "heads " << n_heads << "/" << n_kv << ", " << what << ", seq " << s << " q " << j;
+          }
         }
       }
-    }
+  }
+}
+
+// The bulk float -> half conversion (F16C where present) equals the scalar
+// one on random values, ties, subnormals, overflow and infinities.
+TEST(CpuOps, FloatsToHalvesEqualsScalarConversion) {
+  std::vector<float> x = randn(1000, 7, 100.0f);
+  for (float v : {0.0f, -0.0f, 65504.0f, 65519.0f, 65520.0f, 1e9f, -1e9f, INFINITY, -INFINITY,
+                  std::ldexp(1.0f, -25), std::ldexp(1.5f, -25), std::ldexp(1.0f, -14), 6.1e-5f, 1.0009765625f}) {
+    x.push_back(v);
+  }
+  for (int e = -30; e < 17; ++e) x.push_back(std::ldexp(1.0f + 1.0f / 2048, e));  // exact ties
+  std::vector<uint16_t> h(x.size() + 3);
+  floats_to_halves(h.data(), x.data(), static_cast<int64_t>(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_EQ(h[i], float_to_half(x[i])) << x[i];
 }
 
 TEST(CpuOps, PagedAttentionEqualsDenseCausal) {

@@ -2,6 +2,8 @@
 // stories260K model, plus batch-shape invariances of the paged forward.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -36,12 +38,18 @@ TEST_P(Stories, GreedyFromBosMatchesLlama2c) {
   CHATRADIO_REQUIRE_SHARED(rel);
   const std::vector<int32_t> expected = read_ids(shared_path("models/stories260K/expected_greedy_bos_200.ids"));
   ASSERT_EQ(expected.size(), 201u);
-  auto llama = CpuLlama::load(shared_path(rel), {});
-  const std::vector<int32_t> prompt{1};
-  const GenerateResult r = generate_one(*llama, prompt, 200, SamplingParams{});
-  std::vector<int32_t> got{1};
-  got.insert(got.end(), r.tokens.begin(), r.tokens.end());
-  EXPECT_EQ(got, expected);
+  // A half KV cache rounds K/V to ~3 digits; on this model greedy decoding
+  // still follows the float reference token for token.
+  for (KvDtype kv : {KvDtype::kF32, KvDtype::kF16}) {
+    CpuBackendOptions opts;
+    opts.kv_dtype = kv;
+    auto llama = CpuLlama::load(shared_path(rel), opts);
+    const std::vector<int32_t> prompt{1};
+    const GenerateResult r = generate_one(*llama, prompt, 200, SamplingParams{});
+    std::vector<int32_t> got{1};
+    got.insert(got.end(), r.tokens.begin(), r.tokens.end());
+    EXPECT_EQ(got, expected) << kv_dtype_name(kv) << " KV cache";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(F32AndF16, Stories, ::testing::Values("stories260K", "stories260K-f16"));
@@ -124,6 +132,33 @@ TEST_F(ForwardShapes, BatchOfSequencesEqualsEachAlone) {
     ASSERT_EQ(all[512 + i], rb[i]);
     ASSERT_EQ(all[1024 + i], rc[i]);
   }
+}
+
+// copy_kv_block duplicates a block in every layer, for either cache dtype:
+// continuing a sequence from the copy gives the logits of continuing from the
+// original. A half cache stays close to a float one.
+TEST(CpuKvCache, CopiedBlockContinuesLikeTheOriginalForBothDtypes) {
+  CHATRADIO_REQUIRE_SHARED("models/stories260K");
+  const auto toks = some_tokens(24, 5);
+  const std::vector<int32_t> prefix(toks.begin(), toks.begin() + 16), next(toks.begin() + 16, toks.end());
+  std::vector<std::vector<float>> per_dtype;
+  for (KvDtype kv : {KvDtype::kF32, KvDtype::kF16}) {
+    CpuBackendOptions opts{8, 16, 1, kv};
+    auto llama = CpuLlama::load(shared_path("models/stories260K"), opts);
+    std::vector<float> logits(512 * next.size()), from_copy(logits.size());
+    llama->forward(std::span<float>(logits.data(), 512), Batch{{SeqSlice{prefix, 0, {2}, false}}});
+    llama->forward(logits, Batch{{SeqSlice{next, 16, {2, 3}, true}}});
+    llama->copy_kv_block(5, 2);
+    llama->forward(from_copy, Batch{{SeqSlice{next, 16, {5, 6}, true}}});
+    EXPECT_EQ(from_copy, logits) << kv_dtype_name(kv);
+    per_dtype.push_back(logits);
+  }
+  float max_diff = 0;
+  for (size_t i = 0; i < per_dtype[0].size(); ++i) {
+    max_diff = std::max(max_diff, std::abs(per_dtype[0][i] - per_dtype[1][i]));
+  }
+  EXPECT_LT(max_diff, 0.05f) << "half KV cache strays from the float one";
+  EXPECT_GT(max_diff, 0.0f) << "the half cache should actually round";
 }
 
 TEST_F(ForwardShapes, MalformedBatchIsRejectedWithAMessage) {

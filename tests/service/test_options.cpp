@@ -43,13 +43,15 @@ TEST_F(ServiceOptions, DefaultsAndCommandLine) {
 
   ServerOptions p;
   ASSERT_TRUE(parse(p, {"--model", model_dir(), "--port=6000", "--metrics-port", "0", "--threads", "3",
-                        "--kv-blocks", "99", "--quantize", "int4", "--drain-timeout", "2.5", "--max-waiting", "7",
+                        "--kv-blocks", "99", "--kv-dtype", "f32", "--quantize", "int4", "--drain-timeout", "2.5", "--max-waiting", "7",
                         "--default-preset", "greedy", "--max-input-bytes", "1000", "--reflection", "false",
                         "--templates", test_templates()}));
   EXPECT_EQ(p.port, 6000);
   EXPECT_EQ(p.metrics_port, 0);
   EXPECT_EQ(p.threads, 3);
   EXPECT_EQ(p.kv_blocks, 99);
+  EXPECT_EQ(o.kv_dtype, "f16");
+  EXPECT_EQ(p.kv_dtype, "f32");
   EXPECT_EQ(p.quantize, "int4");
   EXPECT_DOUBLE_EQ(p.drain_timeout_s, 2.5);
   EXPECT_EQ(p.max_waiting, 7);
@@ -140,7 +142,7 @@ TEST(ServiceOptionsExample, DeployExampleConfigParses) {
 
 TEST(ServiceOptionsHelp, DocumentsEveryOption) {
   const std::string h = help_text();
-  for (const char* opt : {"--model", "--port", "--metrics-port", "--config", "--templates", "--threads", "--kv-blocks",
+  for (const char* opt : {"--model", "--port", "--metrics-port", "--config", "--templates", "--threads", "--kv-blocks", "--kv-dtype",
                           "--quantize", "--tls-cert", "--tls-key", "--tls-client-ca", "--auth-token-file",
                           "--drain-timeout", "--drain-grace", "--max-waiting", "--default-preset",
                           "--max-input-bytes", "--max-receive-message-bytes", "--max-send-message-bytes",

@@ -252,7 +252,7 @@ void CpuLlama::forward(std::span<float> logits, const Batch& batch) {
     cpu::rmsnorm(s_.h.data(), s_.x.data(), L.ffn_norm.data(), n, d, cfg_.rms_norm_eps);
     L.gate.apply(s_.gate.data(), s_.h.data(), n, pool);
     L.up.apply(s_.up.data(), s_.h.data(), n, pool);
-    cpu::swiglu(s_.gate.data(), s_.gate.data(), s_.up.data(), n * ff);
+    cpu::swiglu(s_.gate.data(), s_.gate.data(), s_.up.data(), n * ff, pool);
     L.down.apply(s_.h.data(), s_.gate.data(), n, pool);
     cpu::add(s_.x.data(), s_.x.data(), s_.h.data(), n * d);
   }

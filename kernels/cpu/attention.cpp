@@ -3,7 +3,6 @@
 // attention_paths.h). Built with -ffp-contract=off (kernels/CMakeLists.txt).
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -11,6 +10,7 @@
 
 #include "kernels/cpu/attention_paths.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/cpu/exp_poly.h"
 #include "kernels/cpu/half.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -18,23 +18,6 @@ namespace chatradio::kernels::cpu {
 
 namespace detail {
 namespace {
-
-float attn_exp(float x) {
-  if (!(x >= kExpMin)) return 0.0f;  // also NaN, as the SIMD compare does
-  const float fx = std::nearbyint(x * kLog2e);
-  float r = x - fx * kLn2Hi;
-  r = r - fx * kLn2Lo;
-  const float z = r * r;
-  float y = kExpPoly[0];
-  for (int i = 1; i < 6; ++i) y = y * r + kExpPoly[i];
-  y = y * z;
-  y = y + r;
-  y = y + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int>(fx) + 127) << 23;
-  float pow2;
-  std::memcpy(&pow2, &bits, 4);
-  return y * pow2;
-}
 
 float lane_tree(const float l[8]) { return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])); }
 
@@ -63,7 +46,7 @@ void attend_scalar(float* out, const AttnTask& t, float* scores) {
   for (int key = n; key < padded; ++key) scores[key] = -INFINITY;
   float l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int key = 0; key < padded; ++key) {
-    scores[key] = attn_exp(scores[key] - mx);
+    scores[key] = exp_poly(scores[key] - mx);
     l[key & 7] = l[key & 7] + scores[key];
   }
   const float inv = 1.0f / lane_tree(l);

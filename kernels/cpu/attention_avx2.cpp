@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/attention_paths.h"
+#include "kernels/cpu/exp_avx2.h"
 
 namespace chatradio::kernels::cpu::detail {
 namespace {
@@ -56,24 +57,6 @@ inline float hmax(__m256 v) {
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
-// attn_exp of attention.cpp, 8 lanes, op for op.
-inline __m256 exp8(__m256 x) {
-  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kExpMin), _CMP_GE_OQ);
-  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(kLn2Hi)));
-  r = _mm256_sub_ps(r, _mm256_mul_ps(fx, _mm256_set1_ps(kLn2Lo)));
-  const __m256 z = _mm256_mul_ps(r, r);
-  __m256 y = _mm256_set1_ps(kExpPoly[0]);
-  for (int i = 1; i < 6; ++i) y = _mm256_add_ps(_mm256_mul_ps(y, r), _mm256_set1_ps(kExpPoly[i]));
-  y = _mm256_mul_ps(y, z);
-  y = _mm256_add_ps(y, r);
-  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-  // fx is an exact small integer here; NaN/too-small lanes are masked below.
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
 }
 
 // out[NC*8 dims starting at c0] = Σ_t scores[t] * v_t, then * inv.
@@ -124,7 +107,7 @@ void attend(float* out, const AttnTask& t, float* scores) {
   const __m256 m = _mm256_set1_ps(hmax(mx));
   __m256 sum = _mm256_setzero_ps();
   for (int t0 = 0; t0 < n; t0 += 8) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + t0), m));
+    const __m256 e = avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + t0), m));
     _mm256_storeu_ps(scores + t0, e);
     sum = _mm256_add_ps(sum, e);
   }

@@ -6,7 +6,7 @@
 //  - score[t] = dot(q, k_t) * scale, the dot as 8 lanes (lane j sums the
 //    products of dims d ≡ j mod 8, in order, mul then add) combined as
 //    ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7));
-//  - e[t] = attn_exp(score[t] - max) (the polynomial below, exact same ops);
+//  - e[t] = exp_poly(score[t] - max) (exp_poly.h: exact same ops in every path);
 //  - sum = Σ e[t] in 8 lanes by t mod 8, combined by the same tree;
 //  - out[d] = (Σ_t e[t] * v_t[d], in t order, mul then add) * (1 / sum).
 // A row's result thus depends only on its own query and keys: batch invariant.
@@ -41,15 +41,5 @@ void attend_scalar_f16(float* out, const AttnTask& t, float* scores);
 // Need head_dim % 8 == 0 (the driver falls back to scalar otherwise).
 void attend_avx2_f32(float* out, const AttnTask& t, float* scores);
 void attend_avx2_f16(float* out, const AttnTask& t, float* scores);
-
-// exp(x) for x <= 0 as used by softmax: Cephes-style range reduction and a
-// degree-5 polynomial (~2 ulp), written out op by op in both paths; x below
-// kExpMin (or NaN) gives 0.
-inline constexpr float kExpMin = -87.0f;
-inline constexpr float kLog2e = 1.44269504088896341f;
-inline constexpr float kLn2Hi = 0.693359375f;
-inline constexpr float kLn2Lo = -2.12194440e-4f;
-inline constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
-                                      4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
 
 }  // namespace chatradio::kernels::cpu::detail

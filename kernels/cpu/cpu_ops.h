@@ -60,8 +60,9 @@ void attention(float* out, const float* q, const uint16_t* k_cache, const uint16
 void attention(float* out, const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
                const PagedBatch& batch, const AttnShape& shape, ThreadPool* pool, CpuIsa isa);
 
-// out[n] = silu(gate[n]) * up[n]. out may alias gate or up.
-void swiglu(float* out, const float* gate, const float* up, int n);
+// out[n] = silu(gate[n]) * up[n]. out may alias gate or up. exp is exp_poly
+// (exp_poly.h) in every path, so all paths and splits give the same bits.
+void swiglu(float* out, const float* gate, const float* up, int n, ThreadPool* pool = nullptr);
 
 // out[n] = a[n] + b[n]. out may alias a or b.
 void add(float* out, const float* a, const float* b, int n);

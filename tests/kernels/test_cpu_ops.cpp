@@ -6,12 +6,14 @@
 #include <algorithm>
 #include <cmath>
 #include <complex>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/half.h"
+#include "kernels/cpu/swiglu_paths.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace chatradio::kernels::cpu {
@@ -107,6 +109,40 @@ TEST(CpuOps, SwigluAndAdd) {
   for (int i = 0; i < 37; ++i) {
     EXPECT_NEAR(out[i], g[i] / (1 + std::exp(-double(g[i]))) * u[i], 1e-6);
     EXPECT_EQ(sum[i], g[i] + u[i]);
+  }
+}
+
+// The SwiGLU paths give the same bits as the scalar one, threaded or not, at
+// prefill sizes and on the edges of exp's range; all are close to the textbook
+// formula in double.
+TEST(CpuOps, SwigluPathsAndThreadsAreBitwiseEqual) {
+  const int n = 100003;  // odd: scalar tails inside every thread's range
+  auto g = randn(n, 3, 4.0f);
+  const auto u = randn(n, 4);
+  for (float v : {0.0f, -0.0f, 86.9f, 87.1f, 88.0f, 88.5f, 100.0f, -86.9f, -87.1f, -88.5f, -200.0f, 1e-30f}) {
+    g.push_back(v);
+  }
+  g.push_back(INFINITY);  // (-inf gives NaN, as the textbook formula does in floats)
+  std::vector<float> up(g.size(), 1.5f);
+  std::copy(u.begin(), u.end(), up.begin());
+  const int64_t m = static_cast<int64_t>(g.size());
+  std::vector<float> scalar(m), simd(m), threaded(m);
+  detail::swiglu_scalar(scalar.data(), g.data(), up.data(), 0, m);
+  if (cpu_isa_supported(CpuIsa::Avx2)) {
+    detail::swiglu_avx2(simd.data(), g.data(), up.data(), 0, m);
+    EXPECT_EQ(std::memcmp(simd.data(), scalar.data(), sizeof(float) * m), 0);
+  }
+  ThreadPool pool(3);
+  swiglu(threaded.data(), g.data(), up.data(), static_cast<int>(m), &pool);
+  EXPECT_EQ(std::memcmp(threaded.data(), scalar.data(), sizeof(float) * m), 0);
+  for (int64_t i = 0; i < m; ++i) {
+    const double gi = g[i];
+    const double want = std::isinf(gi) ? INFINITY * up[i] : gi / (1 + std::exp(-gi)) * up[i];
+    if (std::isinf(want)) {
+      EXPECT_EQ(scalar[i], want) << gi;
+    } else {
+      EXPECT_NEAR(scalar[i], want, 1e-6 * std::max(1.0, std::abs(want))) << gi;
+    }
   }
 }
 

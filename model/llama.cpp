@@ -81,19 +81,32 @@ class LinearReader {
       }
       return l;
     }
-    std::vector<float> w = read_f32(ckpt_, prefix + ".weight", {out, in});
-    if (int4()) return quantized(prefix, std::move(w), out, in);
-    l.w = std::move(w);
+    if (int4()) {
+      const TensorView& t = ckpt_.get(prefix + ".weight", {out, in});
+      l = quantized(prefix, t, out, in);
+      release_pages(t);
+      return l;
+    }
+    l.w = read_f32(ckpt_, prefix + ".weight", {out, in});
     return l;
   }
 
   // Int4 models quantize float weights they meet (lm_head of a GPTQ
-  // checkpoint, everything with --quantize int4) with the same RTN grid.
-  Linear quantized(const std::string& prefix, std::vector<float> w, int out, int in) const {
+  // checkpoint, everything with --quantize int4) with the same RTN grid, a
+  // slice of output rows at a time: RTN is per output row, so slicing cannot
+  // change a bit, and a 7B lm_head never sits in memory as 0.5 GB of floats.
+  Linear quantized(const std::string& prefix, const TensorView& w /*[out, in]*/, int out, int in) const {
+    constexpr int kSliceRows = 1024;  // a multiple of the 8-column panel
     const int group = gptq_ ? qcfg_.group_size : opts_.group_size;
-    const GptqTensors t = gptq_quantize(w.data(), out, in, group, /*sym=*/false);
     Linear l{out, in, {}, {}};
-    l.q4 = gptq_to_q4(gptq_view_of(t, prefix));
+    std::vector<float> rows;  // [kSliceRows, in]
+    for (int o0 = 0; o0 < out; o0 += kSliceRows) {
+      const int n = std::min(kSliceRows, out - o0);
+      rows.resize(static_cast<size_t>(n) * in);
+      to_f32(rows, w, static_cast<int64_t>(o0) * in);
+      const GptqTensors t = gptq_quantize(rows.data(), n, in, group, /*sym=*/false);
+      cpu::q4_append_columns(l.q4, gptq_to_q4(gptq_view_of(t, prefix)));
+    }
     return l;
   }
 
@@ -120,11 +133,9 @@ LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model
     w.embed_f16 = HalfTable(mapping, reinterpret_cast<const uint16_t*>(embed_t.data),
                             static_cast<size_t>(embed_t.numel()));
   } else {
+    if (cfg.tie_word_embeddings && reader.int4()) w.lm_head = reader.quantized("lm_head", embed_t, cfg.vocab_size, d);
     std::vector<float> embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
-    if (cfg.tie_word_embeddings) {
-      w.lm_head = reader.int4() ? reader.quantized("lm_head", embed, cfg.vocab_size, d)
-                                : Linear{cfg.vocab_size, d, embed, {}};
-    }
+    if (cfg.tie_word_embeddings && !reader.int4()) w.lm_head = Linear{cfg.vocab_size, d, embed, {}};
     if (reader.int4()) {
       std::vector<uint16_t> half(embed.size());  // [vocab, hidden]
       for (size_t i = 0; i < embed.size(); ++i) half[i] = f32_to_f16(embed[i]);

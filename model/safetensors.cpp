@@ -422,22 +422,29 @@ uint16_t f32_to_bf16(float f) {
 }
 
 void to_f32(std::span<float> dst, const TensorView& t) {
-  const int64_t n = t.numel();
-  if (static_cast<int64_t>(dst.size()) != n)
+  if (static_cast<int64_t>(dst.size()) != t.numel())
     throw ModelError(t.file + ": tensor '" + t.name + "': destination holds " + std::to_string(dst.size()) +
-                     " floats, tensor has " + std::to_string(n));
+                     " floats, tensor has " + std::to_string(t.numel()));
+  to_f32(dst, t, 0);
+}
+
+void to_f32(std::span<float> dst, const TensorView& t, int64_t offset) {
+  const int64_t n = static_cast<int64_t>(dst.size());
+  if (offset < 0 || offset + n > t.numel())
+    throw ModelError(t.file + ": tensor '" + t.name + "': elements [" + std::to_string(offset) + ", " +
+                     std::to_string(offset + n) + ") are outside its " + std::to_string(t.numel()));
   // Tensor data need not be aligned (the header length decides where the data
   // section starts), so elements are read with memcpy, never by casting.
   switch (t.dtype) {
     case DType::F32:
-      if (n) std::memcpy(dst.data(), t.data, static_cast<size_t>(n) * 4);
+      if (n) std::memcpy(dst.data(), t.data + 4 * offset, static_cast<size_t>(n) * 4);
       return;
     case DType::F16:
     case DType::BF16: {
       const bool half = t.dtype == DType::F16;
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
-        std::memcpy(&h, t.data + 2 * i, 2);
+        std::memcpy(&h, t.data + 2 * (offset + i), 2);
         if constexpr (std::endian::native == std::endian::big) h = static_cast<uint16_t>((h >> 8) | (h << 8));
         dst[static_cast<size_t>(i)] = half ? f16_to_f32(h) : bf16_to_f32(h);
       }

@@ -86,6 +86,9 @@ void release_pages(const TensorView& t);
 // Converts a F32/F16/BF16 tensor to float32 into dst[t.numel()].
 // Throws ModelError for other dtypes.
 void to_f32(std::span<float> dst, const TensorView& t);
+// Same for elements [offset, offset + dst.size()) of the tensor (a slice of
+// rows, so a large tensor can be converted a piece at a time).
+void to_f32(std::span<float> dst, const TensorView& t, int64_t offset);
 
 // IEEE half and bfloat16 conversions (round-to-nearest-even on the way down).
 float f16_to_f32(uint16_t h);

@@ -44,6 +44,23 @@ int32_t quant_block(int8_t* xq /*[32]*/, float* d, const float* v /*[32]*/) {
 
 }  // namespace
 
+void q4_append_columns(Q4Matrix& dst, const Q4Matrix& src) {
+  if (dst.n == 0) {
+    dst = src;
+    return;
+  }
+  if (dst.n % kQ4PanelCols != 0 || dst.k != src.k || dst.k_blocks != src.k_blocks ||
+      dst.group_blocks != src.group_blocks || dst.n_groups != src.n_groups || dst.perm != src.perm) {
+    throw std::invalid_argument("q4_append_columns: matrices differ in k, groups or input order, or the first "
+                                "does not end on a whole panel (n = " + std::to_string(dst.n) + ")");
+  }
+  dst.qs.insert(dst.qs.end(), src.qs.begin(), src.qs.end());
+  dst.scales.insert(dst.scales.end(), src.scales.begin(), src.scales.end());
+  dst.zeros.insert(dst.zeros.end(), src.zeros.begin(), src.zeros.end());
+  dst.n += src.n;
+  dst.n_panels += src.n_panels;
+}
+
 size_t Q4Matrix::weight_bytes() const {
   return qs.size() * sizeof(Q4Line) + scales.size() * sizeof(uint16_t) + zeros.size();
 }

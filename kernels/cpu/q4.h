@@ -88,6 +88,13 @@ struct Q4GptqSource {
 // number of inputs, a multiple of 32).
 Q4Matrix q4_from_gptq(const Q4GptqSource& src);
 
+// Appends src's output columns after dst's, so a large matrix can be built a
+// slice of output rows at a time (the loader quantizes a 7B lm_head in pieces
+// instead of holding it in float). dst.n must be a multiple of 8 (whole
+// panels), and both must share k, the group layout and the input order.
+// Throws std::invalid_argument otherwise. An empty dst takes src as is.
+void q4_append_columns(Q4Matrix& dst, const Q4Matrix& src);
+
 // out[m, n] = x[m, k] · Wᵀ with W the dequantized int4 weight. out must not
 // alias x. pool may be null (serial; then scratch is allocated per call).
 // Multi-threaded over output panels; m = 1 (decode) .. hundreds (prefill).

@@ -4,9 +4,12 @@
 // and the f16 conversions the format relies on.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <stdexcept>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -149,6 +152,34 @@ TEST(Gptq, RoundTripErrorAndPadding) {
       }
     }
   }
+}
+
+// Quantizing a matrix a slice of output rows at a time and appending the
+// slices (what the loader does for a float lm_head) gives exactly the matrix
+// quantized whole; mismatched slices are refused.
+TEST(Gptq, SlicesAppendedEqualTheWholeMatrix) {
+  for (auto [out, in, group] : {std::tuple{72, 96, 32}, {1003, 64, 64}, {40, 172, 128}}) {
+    const auto w = randn(static_cast<size_t>(out) * in, out + in, 0.02f);
+    const kernels::cpu::Q4Matrix whole = gptq_to_q4(gptq_view_of(gptq_quantize(w.data(), out, in, group, false)));
+    kernels::cpu::Q4Matrix built;
+    for (int o0 = 0; o0 < out; o0 += 16) {
+      const int n = std::min(16, out - o0);
+      const GptqTensors t = gptq_quantize(w.data() + static_cast<size_t>(o0) * in, n, in, group, false);
+      kernels::cpu::q4_append_columns(built, gptq_to_q4(gptq_view_of(t)));
+    }
+    EXPECT_EQ(built.n, whole.n);
+    EXPECT_EQ(built.n_panels, whole.n_panels);
+    EXPECT_EQ(built.scales, whole.scales);
+    EXPECT_EQ(built.zeros, whole.zeros);
+    ASSERT_EQ(built.qs.size(), whole.qs.size());
+    EXPECT_EQ(std::memcmp(built.qs.data(), whole.qs.data(), whole.qs.size() * sizeof(kernels::cpu::Q4Line)), 0);
+  }
+  const auto w = randn(12 * 64, 5, 0.02f);
+  kernels::cpu::Q4Matrix a = gptq_to_q4(gptq_view_of(gptq_quantize(w.data(), 12, 64, 32, false)));
+  const kernels::cpu::Q4Matrix b = gptq_to_q4(gptq_view_of(gptq_quantize(w.data(), 8, 64, 32, false)));
+  EXPECT_THROW(kernels::cpu::q4_append_columns(a, b), std::invalid_argument) << "12 columns: not whole panels";
+  kernels::cpu::Q4Matrix c = gptq_to_q4(gptq_view_of(gptq_quantize(w.data(), 8, 64, 64, false)));
+  EXPECT_THROW(kernels::cpu::q4_append_columns(c, b), std::invalid_argument) << "different groups";
 }
 
 TEST(Gptq, ZerosStayExactAndAllZeroGroups) {

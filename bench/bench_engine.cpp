@@ -5,6 +5,7 @@
 //
 // usage: bench_engine --model DIR [--requests N] [--max-tokens N] [--threads N]
 //                     [--concurrency 1,4,16,64] [--quantize int4] [--data DIR]
+//                     [--token-budget N]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -42,7 +43,7 @@ double pct(std::vector<double> v, double p) {
 
 int main(int argc, char** argv) {
   std::string dir, data = "../shared/data";
-  int requests = 64, max_tokens = 32, threads = 2;
+  int requests = 64, max_tokens = 32, threads = 2, token_budget = 512;
   bool quantize = false;
   std::vector<int> conc{1, 4, 16, 64};
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
     else if (a == "--max-tokens") max_tokens = std::atoi(v.c_str());
     else if (a == "--threads") threads = std::atoi(v.c_str());
     else if (a == "--data") data = v;
+    else if (a == "--token-budget") token_budget = std::atoi(v.c_str());
     else if (a == "--quantize" && v == "int4") quantize = true;
     else if (a == "--concurrency") {
       conc.clear();
@@ -65,7 +67,7 @@ int main(int argc, char** argv) {
   }
   if (dir.empty()) {
     std::fprintf(stderr, "usage: bench_engine --model DIR [--requests N] [--max-tokens N] [--threads N] "
-                         "[--concurrency 1,4,16,64] [--quantize int4] [--data DIR]\n");
+                         "[--concurrency 1,4,16,64] [--quantize int4] [--data DIR] [--token-budget N]\n");
     return 2;
   }
   try {
@@ -94,7 +96,7 @@ int main(int argc, char** argv) {
     std::printf("| concurrency | req/s | gen tok/s | TTFT p50 / p95 (s) | per-token p50 / p95 (ms) | "
                 "e2e p50 / p95 (s) | prefix hit rate | preemptions |\n|---|---|---|---|---|---|---|---|\n");
     for (int c : conc) {
-      engine::Engine eng(*llama, engine::EngineOptions{512, 64, 1024, 30.0});
+      engine::Engine eng(*llama, engine::EngineOptions{token_budget, 64, 1024, 30.0});
       std::mutex mu;
       std::vector<double> ttft, tpot, e2e;
       long gen_tokens = 0;

@@ -72,6 +72,9 @@ TEST(CliGenerate, PrintsExactlyTheReferenceTextAndIds) {
             read_file(shared_path("models/stories260K/expected_greedy_bos_200.txt")));
   EXPECT_EQ(run(bin + " generate --model " + model + " --prompt '' --max-tokens 200 --ids"),
             read_file(shared_path("models/stories260K/expected_greedy_bos_200.ids")));
+  EXPECT_EQ(run(bin + " generate --model " + model + " --prompt '' --max-tokens 200 --ids --kv-dtype f32"),
+            read_file(shared_path("models/stories260K/expected_greedy_bos_200.ids")));
+  EXPECT_EQ(WEXITSTATUS(system((bin + " generate --model " + model + " --prompt x --kv-dtype f8 2>/dev/null").c_str())), 2);
   // Usage errors exit 2 with a message, not a crash.
   EXPECT_EQ(WEXITSTATUS(system((bin + " generate --model " + model + " --prompt x --top-p 0 2>/dev/null").c_str())), 2);
   EXPECT_EQ(WEXITSTATUS(system((bin + " generate --model /nonexistent --prompt x 2>/dev/null").c_str())), 1);

@@ -164,6 +164,22 @@ TEST(CpuKvCache, CopiedBlockContinuesLikeTheOriginalForBothDtypes) {
   EXPECT_GT(max_diff, 0.0f) << "the half cache should actually round";
 }
 
+// A pool that cannot fit in this machine's memory is refused at load with the
+// numbers, not left to the OOM killer once the engine has filled it.
+TEST(CpuKvCache, PoolLargerThanMemoryIsRefusedWithTheNumbers) {
+  CHATRADIO_REQUIRE_SHARED("models/stories260K");
+  CpuBackendOptions opts;
+  opts.n_kv_blocks = 2147483647;  // ~21 TB of f16 K/V for this model
+  try {
+    CpuLlama::load(shared_path("models/stories260K"), opts);
+    ADD_FAILURE() << "no error";
+  } catch (const ModelError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("KV cache of 2147483647 blocks x 16 tokens (f16"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("blocks fit"), std::string::npos) << msg;
+  }
+}
+
 TEST_F(ForwardShapes, MalformedBatchIsRejectedWithAMessage) {
   std::vector<float> logits(512);
   auto expect_error = [&](const Batch& b, const std::string& needle) {

@@ -3,6 +3,8 @@
 // numbers as misses, and cancellation, deadlines and overload behave.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <span>
 #include <thread>
 
 #include "model/generate.h"
@@ -100,9 +102,30 @@ TEST_F(EngineCpu, ScoreEqualsDirectLogprobsAndPrefixHitsChangeNothing) {
   EXPECT_EQ(second.logprobs, first.logprobs) << "a prefix-cache hit must give bitwise the same numbers";
 }
 
+// Delegates to the CPU backend and sleeps a little after every step, so a
+// stream cannot finish before its reader wakes up even on a starved machine
+// (under valgrind's one-thread-at-a-time scheduling stories260K produced all
+// 400 tokens before the test thread ran once).
+class PacedBackend final : public model::Backend {
+ public:
+  explicit PacedBackend(model::Backend& inner) : inner_(inner) {}
+  const model::LlamaConfig& config() const override { return inner_.config(); }
+  int n_kv_blocks() const override { return inner_.n_kv_blocks(); }
+  int kv_block_size() const override { return inner_.kv_block_size(); }
+  void forward(std::span<float> logits, const model::Batch& batch) override {
+    inner_.forward(logits, batch);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  void copy_kv_block(int dst, int src) override { inner_.copy_kv_block(dst, src); }
+
+ private:
+  model::Backend& inner_;
+};
+
 TEST_F(EngineCpu, CancelMidStreamFreesTheRequest) {
   auto llama = load(64);
-  Engine engine(*llama, EngineOptions{});
+  PacedBackend paced(*llama);
+  Engine engine(paced, EngineOptions{});
   GenerateParams g;
   g.prompt = prompt(1);
   g.max_new_tokens = 400;

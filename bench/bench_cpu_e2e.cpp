@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode") decode = std::atoi(v.c_str());
     else if (a == "--context") context = std::atoi(v.c_str());
     else if (a == "--quantize" && v == "int4") quantize = true;
-    else if (a == "--kv-dtype" && (v == "f16" || v == "f32")) kv = v == "f16" ? chatradio::model::KvDtype::kF16 : chatradio::model::KvDtype::kF32;
+    else if (a == "--kv-dtype" && chatradio::model::parse_kv_dtype(v)) kv = *chatradio::model::parse_kv_dtype(v);
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
       return 2;

@@ -13,6 +13,13 @@ namespace chatradio::model {
 
 const char* kv_dtype_name(KvDtype d) { return d == KvDtype::kF16 ? "f16" : "f32"; }
 
+std::optional<KvDtype> parse_kv_dtype(std::string_view name) {
+  for (KvDtype d : {KvDtype::kF16, KvDtype::kF32}) {
+    if (name == kv_dtype_name(d)) return d;
+  }
+  return std::nullopt;
+}
+
 namespace {
 
 // MemAvailable of /proc/meminfo in bytes; 0 when unknown (not Linux).

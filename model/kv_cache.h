@@ -14,6 +14,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <vector>
 
 namespace chatradio::model {
@@ -21,6 +23,8 @@ namespace chatradio::model {
 enum class KvDtype : uint8_t { kF16, kF32 };
 
 const char* kv_dtype_name(KvDtype d);  // "f16" | "f32"
+// The inverse of kv_dtype_name; nullopt for any other name.
+std::optional<KvDtype> parse_kv_dtype(std::string_view name);
 
 class KvCache {
  public:

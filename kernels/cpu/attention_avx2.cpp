@@ -13,7 +13,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/attention_paths.h"
-#include "kernels/cpu/exp_avx2.h"
+#include "kernels/cpu/simd_avx2.h"
 
 namespace chatradio::kernels::cpu::detail {
 namespace {
@@ -47,11 +47,6 @@ inline float lane_tree(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(h2, _mm_movehdup_ps(h2)));
 }
 
-inline float hmax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-}
 
 // 8 cache elements widened to float (a half converts exactly).
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -104,7 +99,7 @@ void attend(float* out, const AttnTask& t, float* scores) {
     _mm256_storeu_ps(scores + t0, s);
     mx = _mm256_max_ps(mx, s);
   }
-  const __m256 m = _mm256_set1_ps(hmax(mx));
+  const __m256 m = _mm256_set1_ps(avx2::hmax8(mx));
   __m256 sum = _mm256_setzero_ps();
   for (int t0 = 0; t0 < n; t0 += 8) {
     const __m256 e = avx2::exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + t0), m));

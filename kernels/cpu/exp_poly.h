@@ -4,7 +4,7 @@
 // that use it are built with -ffp-contract=off). x below kExpMin (or NaN)
 // gives 0, x above kExpMax gives +inf.
 //
-// The 8-lane twin is exp8 in exp_avx2.h; change both together.
+// The 8-lane twin is exp8 in simd_avx2.h; change both together.
 #pragma once
 
 #include <cmath>

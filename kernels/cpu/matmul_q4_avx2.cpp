@@ -2,8 +2,9 @@
 // Compiled with -mavx2 -mfma -mf16c -ffp-contract=off (kernels/CMakeLists.txt)
 // and reached only through the runtime dispatch, so the binary still runs on
 // any x86-64. Everything here has internal linkage or is a plain function
-// declared in q4.h: no header inline/template code is instantiated, so the
-// linker can never pick an AVX2 copy of a shared function.
+// declared in q4.h; the only header inline code used is simd_avx2.h, which no
+// baseline file includes, so the linker can never pick an AVX2 copy of a
+// shared function.
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
@@ -11,6 +12,7 @@
 #include <cstdint>
 
 #include "kernels/cpu/q4.h"
+#include "kernels/cpu/simd_avx2.h"
 
 namespace chatradio::kernels::cpu::detail {
 namespace {
@@ -19,13 +21,6 @@ inline __m256i bcast4(const int8_t* p) {
   int32_t v;
   __builtin_memcpy(&v, p, 4);
   return _mm256_set1_epi32(v);
-}
-
-inline float hmax8(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
 }
 
 inline int32_t hsum8_epi32(__m256i v) {
@@ -43,7 +38,7 @@ inline int32_t quant_block(int8_t* xq /*[32]*/, float* d, const float* v /*[32]*
   const __m256 v2 = _mm256_loadu_ps(v + 16), v3 = _mm256_loadu_ps(v + 24);
   const __m256 a = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
                                  _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
-  const float amax = hmax8(a);
+  const float amax = avx2::hmax8(a);
   *d = amax / 127.0f;
   const __m256 id = _mm256_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
   const __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, id));

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "kernels/cpu/exp_avx2.h"
+#include "kernels/cpu/simd_avx2.h"
 #include "kernels/cpu/swiglu_paths.h"
 
 namespace chatradio::kernels::cpu::detail {

@@ -59,8 +59,7 @@ double Args::number(const std::string& name, double fallback) const {
 
 model::KvDtype kv_dtype_arg(const Args& args) {
   const std::string v = args.str("kv-dtype", "f16");
-  if (v == "f16") return model::KvDtype::kF16;
-  if (v == "f32") return model::KvDtype::kF32;
+  if (const auto d = model::parse_kv_dtype(v)) return *d;
   throw UsageError("--kv-dtype must be f16 or f32, got '" + v + "'");
 }
 

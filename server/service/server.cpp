@@ -200,7 +200,7 @@ void ChatradioServer::load_and_warm_up() {
   model::CpuBackendOptions bo;
   bo.n_kv_blocks = opts_.kv_blocks;
   bo.kv_block_size = opts_.kv_block_size;
-  bo.kv_dtype = opts_.kv_dtype == "f32" ? model::KvDtype::kF32 : model::KvDtype::kF16;
+  bo.kv_dtype = model::parse_kv_dtype(opts_.kv_dtype).value();  // options allow only valid names
   bo.n_threads = opts_.threads > 0 ? opts_.threads
                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   model::LoadOptions lo;

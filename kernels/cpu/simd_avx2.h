@@ -1,5 +1,7 @@
-// exp_poly (exp_poly.h) on 8 lanes, op for op. Include only from translation
-// units built with -mavx2 -ffp-contract=off.
+// Helpers shared by the AVX2 kernel files: exp_poly (exp_poly.h) on 8 lanes,
+// op for op, and a horizontal max. Include only from translation units built
+// with -mavx2 -ffp-contract=off (never from baseline files: the linker could
+// keep an AVX2 copy of these inline functions for everyone).
 #pragma once
 
 #include <immintrin.h>
@@ -7,6 +9,13 @@
 #include "kernels/cpu/exp_poly.h"
 
 namespace chatradio::kernels::cpu::avx2 {
+
+// Largest of the 8 lanes (max is exact, so the order does not matter).
+inline float hmax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
 
 inline __m256 exp8(__m256 x) {
   const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kExpMin), _CMP_GE_OQ);  // false for NaN

@@ -1,6 +1,7 @@
 #include "server/engine/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <unordered_map>
 
@@ -85,6 +86,7 @@ SchedulerConfig scheduler_config(const model::Backend& backend, const EngineOpti
   // scheduler's own bound only needs to be at least as large.
   c.max_waiting = opts.max_waiting + 1;
   c.routine_aging_s = opts.routine_aging_s;
+  c.slot_preemption = opts.slot_preemption;
   c.max_seq_len = backend.config().max_position_embeddings;
   return c;
 }
@@ -97,6 +99,10 @@ std::string check_tokens(std::span<const int32_t> ids, int vocab, const char* wh
     }
   }
   return "";
+}
+
+bool all_finite(std::span<const float> row) {
+  return std::all_of(row.begin(), row.end(), [](float x) { return std::isfinite(x); });
 }
 
 }  // namespace
@@ -312,37 +318,59 @@ void Engine::step() {
 
   std::vector<int32_t> sampled;  // one per entry with .samples
   std::vector<uint8_t> stop;     // parallel to sampled
+  uint64_t n_generated = 0;      // sampled tokens that were kept
+  // Requests whose logits held NaN/Inf, with the position of the first bad
+  // row: such a row would become garbage text or a NaN logprob, so the
+  // request ends as an internal error and the rest of the batch goes on.
+  std::vector<std::pair<uint64_t, int>> nonfinite;
   if (!plan.empty() && execute(plan)) {
     const int vocab = backend_.config().vocab_size;
+    const auto logits_row = [&](size_t r) { return std::span<const float>(logits_).subspan(r * vocab, vocab); };
     size_t row = 0;
     for (const PlanEntry& en : plan.entries) {
       Live& l = *live_.at(en.id);
       const size_t rows = en.all_logits ? en.tokens.size() : 1;
       const int first_pos = en.all_logits ? en.start_pos : en.start_pos + static_cast<int>(en.tokens.size()) - 1;
       if (l.queue_s < 0) l.queue_s = std::chrono::duration<double>(step_start - l.submitted).count();
+      int bad_pos = -1;
       if (l.kind == RequestKind::kScore) {
         // Row at position p predicts token p + 1; continuation token i sits at
         // position prompt_len + i.
-        for (size_t j = 0; j < rows; ++j) {
+        for (size_t j = 0; j < rows && bad_pos < 0; ++j) {
           const int target = first_pos + static_cast<int>(j) + 1;
           const int idx = target - l.prompt_len;
           if (idx < 0 || idx >= static_cast<int>(l.logprobs.size())) continue;
-          l.logprobs[idx] = static_cast<float>(model::token_logprob(
-              std::span<const float>(logits_).subspan((row + j) * vocab, vocab), l.tokens[target]));
+          const std::span<const float> logits = logits_row(row + j);
+          if (!all_finite(logits)) {
+            bad_pos = first_pos + static_cast<int>(j);
+          } else {
+            l.logprobs[idx] = static_cast<float>(model::token_logprob(logits, l.tokens[target]));
+          }
         }
       }
       if (en.samples && l.sampler) {
-        const auto last = std::span<const float>(logits_).subspan((row + rows - 1) * vocab, vocab);
-        const int32_t tok = l.sampler->sample(last, l.tokens);
-        l.tokens.push_back(tok);
+        const std::span<const float> last = logits_row(row + rows - 1);
+        if (bad_pos < 0 && !all_finite(last)) bad_pos = first_pos + static_cast<int>(rows) - 1;
+        int32_t tok = 0;  // a placeholder for a failed request: the scheduler drops it
         bool stop_here = false;
-        if (tok != backend_.config().eos_token_id) {
-          if (l.first_token_s < 0) l.first_token_s = std::chrono::duration<double>(Clock::now() - l.submitted).count();
-          l.handle->push(tok);
-          if (l.stop) stop_here = l.stop(std::span<const int32_t>(l.tokens).subspan(l.prompt_len));
+        if (bad_pos < 0) {
+          tok = l.sampler->sample(last, l.tokens);
+          l.tokens.push_back(tok);
+          ++n_generated;
+          if (tok != backend_.config().eos_token_id) {
+            if (l.first_token_s < 0) l.first_token_s = std::chrono::duration<double>(Clock::now() - l.submitted).count();
+            l.handle->push(tok);
+            if (l.stop) stop_here = l.stop(std::span<const int32_t>(l.tokens).subspan(l.prompt_len));
+          }
         }
         sampled.push_back(tok);
         stop.push_back(stop_here);
+      }
+      if (bad_pos >= 0) {
+        // The plan is in flight: the scheduler frees its blocks right after
+        // on_step_done and ignores its sampled token.
+        sched_.cancel(en.id);
+        nonfinite.emplace_back(en.id, bad_pos);
       }
       row += rows;
     }
@@ -364,19 +392,30 @@ void Engine::step() {
       if (!o.tokens.empty() && f.reason == FinishReason::kEos) o.tokens.pop_back();
       end(f.id, std::move(o));
     }
+    for (const auto& [id, pos] : nonfinite) {
+      const Live& l = *live_.at(id);
+      Outcome o;
+      o.status = Status::kNonFinite;
+      o.error = "the model produced non-finite logits (NaN or Inf) at position " + std::to_string(pos);
+      if (l.kind == RequestKind::kGenerate) o.tokens.assign(l.tokens.begin() + l.prompt_len, l.tokens.end());
+      end(id, std::move(o));
+    }
   }
 
   const SchedulerStats s = sched_.stats();
   std::lock_guard<std::mutex> lock(mu_);
   stats_.steps = s.steps;
   stats_.preemptions = s.preemptions;
+  stats_.preemptions_kv = s.preemptions_kv;
+  stats_.preemptions_slot = s.preemptions_slot;
   stats_.n_waiting = s.n_waiting;
   stats_.n_running = s.n_running;
   stats_.prefix_hits = s.prefix_hits;
   stats_.prefix_misses = s.prefix_misses;
   stats_.kv_usage = s.block_usage;
   stats_.computed_tokens += plan.n_tokens();
-  stats_.generated_tokens += sampled.size();
+  stats_.generated_tokens += n_generated;
+  stats_.nonfinite_logits += nonfinite.size();
 }
 
 }  // namespace chatradio::engine

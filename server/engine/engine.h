@@ -38,6 +38,7 @@ enum class Status : uint8_t {
   kExpired,    // deadline passed
   kRejected,   // refused at submit (overload, too large, invalid): see error
   kFailed,     // the backend failed on a step this request was in: see error
+  kNonFinite,  // the model produced NaN/Inf logits for this request: an internal error, see error
 };
 
 enum class Finish : uint8_t {
@@ -51,8 +52,8 @@ enum class Finish : uint8_t {
 struct Outcome {
   Status status = Status::kOk;
   Finish finish = Finish::kNone;
-  std::string error;              // for kRejected / kFailed
-  std::vector<int32_t> tokens;    // generated ids (EOS excluded)
+  std::string error;              // for kRejected / kFailed / kNonFinite
+  std::vector<int32_t> tokens;    // generated ids (EOS excluded); kNonFinite: those before the bad row
   std::vector<float> logprobs;    // scoring: log p(continuation[i] | everything before)
   int n_prompt_tokens = 0;
   int n_preemptions = 0;
@@ -117,11 +118,17 @@ struct EngineOptions {
   int max_batch_size = 64;     // sequences per step
   int max_waiting = 256;       // queued requests before submit fails fast
   double routine_aging_s = 30.0;
+  // A waiting request that finds the batch full preempts the worst running one
+  // ranked below it (a STAT takes a routine request's slot). Off only to
+  // measure what that costs (bench_engine).
+  bool slot_preemption = true;
 };
 
 struct EngineStats {
   uint64_t steps = 0;
-  uint64_t preemptions = 0;
+  uint64_t preemptions = 0;       // preemptions_kv + preemptions_slot
+  uint64_t preemptions_kv = 0;    // to free KV blocks
+  uint64_t preemptions_slot = 0;  // to free a batch slot for a higher-ranked request
   int n_waiting = 0;  // accepted, not yet running (includes the inbox)
   int n_running = 0;
   uint64_t prefix_hits = 0;
@@ -129,6 +136,7 @@ struct EngineStats {
   double kv_usage = 0;
   uint64_t computed_tokens = 0;   // tokens run through the model (prefix-cache hits excluded)
   uint64_t generated_tokens = 0;
+  uint64_t nonfinite_logits = 0;  // requests ended with Status::kNonFinite
 };
 
 class Engine {

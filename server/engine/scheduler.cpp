@@ -144,7 +144,7 @@ int Scheduler::reusable_prefix(const Sequence& s) const {
   return s.req.kind == RequestKind::kScore ? s.prompt_len - 1 : n - 1;
 }
 
-void Scheduler::preempt(StepBuild& build, RequestId id) {
+void Scheduler::preempt(StepBuild& build, RequestId id, PreemptReason why) {
   Sequence& s = seqs_.at(id);
   blocks_.free_sequence(id);  // full blocks stay cached, so recompute is often cheap
   running_.erase(s.rank);
@@ -153,7 +153,7 @@ void Scheduler::preempt(StepBuild& build, RequestId id) {
   s.n_computed = 0;
   s.n_preemptions += 1;
   s.preempted_step = step_;
-  preemptions_ += 1;
+  (why == PreemptReason::kSlot ? preemptions_slot_ : preemptions_kv_) += 1;
   const auto w = std::find_if(build.work.begin(), build.work.end(),
                               [&](const Scheduled& x) { return x.id == id; });
   if (w != build.work.end()) {
@@ -163,12 +163,16 @@ void Scheduler::preempt(StepBuild& build, RequestId id) {
   build.plan.preempted.push_back(id);
 }
 
-bool Scheduler::reclaim(StepBuild& build, const Rank& rank, int need) {
-  while (blocks_.n_available() < need) {
-    if (running_.empty() || !worse_than(*running_.rbegin(), rank)) return false;
-    preempt(build, std::get<3>(*running_.rbegin()));
+std::vector<RequestId> Scheduler::victims_for(const Sequence& s) const {
+  // A STAT never displaces a STAT: between two urgent reports, the one
+  // already running keeps going rather than being recomputed.
+  const bool stat = s.req.priority == Priority::kStat;
+  std::vector<RequestId> victims;
+  for (auto r = running_.rbegin(); r != running_.rend() && worse_than(*r, s.rank); ++r) {
+    const RequestId id = std::get<3>(*r);
+    if (!stat || seqs_.at(id).req.priority != Priority::kStat) victims.push_back(id);
   }
-  return true;
+  return victims;
 }
 
 void Scheduler::schedule_decode(StepBuild& build, Sequence& s) {
@@ -176,7 +180,7 @@ void Scheduler::schedule_decode(StepBuild& build, Sequence& s) {
   while (blocks_.n_available() < need) {
     // The worst-ranked running sequence goes first: possibly this very one, which then waits.
     const RequestId victim = std::get<3>(*running_.rbegin());
-    preempt(build, victim);
+    preempt(build, victim, PreemptReason::kKv);
     if (victim == s.req.id) return;
   }
   blocks_.grow(s.req.id, s.n_computed + 1);
@@ -194,8 +198,11 @@ void Scheduler::schedule_prefill(StepBuild& build, Sequence& s) {
 bool Scheduler::admit(StepBuild& build, Sequence& s) {
   const int bs = config_.block_size;
   const RequestId id = s.req.id;
+  // Every running sequence ranked below this request can make room for it:
+  // the worst one its batch slot, and as many as needed their KV blocks.
+  std::vector<RequestId> victims = victims_for(s);
   const bool need_slot = static_cast<int>(running_.size()) >= config_.max_batch_size;
-  if (need_slot && !worse_than(*running_.rbegin(), s.rank)) return false;
+  if (need_slot && (!config_.slot_preemption || victims.empty())) return false;
 
   // Reuse the longest cached prefix. Its full blocks are shared read-only; if
   // the first position to compute falls inside a cached block, that block is
@@ -212,10 +219,6 @@ bool Scheduler::admit(StepBuild& build, Sequence& s) {
   // counting what reclaiming every lower-ranked sequence would free. Taking
   // them all now means a prefill never stalls or preempts midway, and a
   // request is not let in just to be preempted again a step later.
-  std::vector<RequestId> victims;
-  for (auto r = running_.rbegin(); r != running_.rend() && worse_than(*r, s.rank); ++r) {
-    victims.push_back(std::get<3>(*r));
-  }
   const int need = blocks_.blocks_for(n_tokens) - shared;
   const auto obtainable = [&] { return blocks_.n_available() + blocks_.freeable_by(victims); };
   if (cow_src >= 0 && obtainable() < need) {
@@ -228,8 +231,13 @@ bool Scheduler::admit(StepBuild& build, Sequence& s) {
     return false;
   }
 
-  if (need_slot) preempt(build, std::get<3>(*running_.rbegin()));
-  reclaim(build, s.rank, need);  // succeeds: checked above
+  // Worst first; enough blocks come free before the list runs out (checked above).
+  auto victim = victims.begin();
+  if (need_slot) preempt(build, *victim++, PreemptReason::kSlot);
+  while (blocks_.n_available() < need) {
+    if (victim == victims.end()) throw std::logic_error("Scheduler::admit: reclaiming freed fewer blocks than counted");
+    preempt(build, *victim++, PreemptReason::kKv);
+  }
   blocks_.grow(id, n_tokens);
   if (cow_src >= 0) build.plan.copies.push_back({cow_src, blocks_.table(id)[shared]});
   const int hits = shared + (cow_src >= 0 ? 1 : 0);
@@ -302,13 +310,15 @@ Plan Scheduler::schedule(Time now) {
 
   // Pass 2: prefill chunks from what is left, in rank order, continuing ones
   // and new admissions alike. The first admission that fails stops admitting
-  // (a smaller later request must not overtake it forever).
+  // (a smaller later request must not overtake it forever). A batch full of
+  // decodes still reaches the admissions: a waiting STAT takes a routine
+  // sequence's slot in this very step.
   bool admitting = true;
   for (const Rank& r : prefills) {
-    if (build.budget_left < 1 || static_cast<int>(build.work.size()) >= config_.max_batch_size) break;
+    if (build.budget_left < 1) break;
     Sequence& s = seqs_.at(std::get<3>(r));
     if (s.running) {
-      schedule_prefill(build, s);
+      if (static_cast<int>(build.work.size()) < config_.max_batch_size) schedule_prefill(build, s);
     } else if (admitting && s.preempted_step != step_) {
       admitting = admit(build, s);
     }
@@ -389,7 +399,9 @@ std::optional<RequestInfo> Scheduler::info(RequestId id) const {
 SchedulerStats Scheduler::stats() const {
   SchedulerStats st;
   st.steps = step_;
-  st.preemptions = preemptions_;
+  st.preemptions_kv = preemptions_kv_;
+  st.preemptions_slot = preemptions_slot_;
+  st.preemptions = preemptions_kv_ + preemptions_slot_;
   st.n_waiting = n_waiting();
   st.n_running = n_running();
   st.prefix_hits = blocks_.hits();

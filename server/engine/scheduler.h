@@ -115,6 +115,10 @@ struct SchedulerConfig {
   // outranks any request arriving after it. Finite, so nothing starves.
   double routine_aging_s = 30.0;
   int max_seq_len = 0;           // > 0: reject requests that could grow longer (model context)
+  // A waiting request that finds every batch slot taken preempts the worst
+  // running sequence ranked below it (never a STAT for a STAT). Off: it waits
+  // for a slot to free up (benchmarks measure what the preemption costs).
+  bool slot_preemption = true;
   BlockHashFn block_hash = nullptr;  // prefix-cache key; nullptr = default_block_hash
 };
 
@@ -130,7 +134,9 @@ struct RequestInfo {
 
 struct SchedulerStats {
   uint64_t steps = 0;
-  uint64_t preemptions = 0;
+  uint64_t preemptions = 0;       // preemptions_kv + preemptions_slot
+  uint64_t preemptions_kv = 0;    // to free KV blocks (a decode's next block, an admission's prompt)
+  uint64_t preemptions_slot = 0;  // to free a batch slot for a higher-ranked waiting request
   int n_waiting = 0;
   int n_running = 0;
   uint64_t prefix_hits = 0;    // blocks reused from the prefix cache
@@ -204,14 +210,16 @@ class Scheduler {
     int budget_left = 0;
   };
 
+  enum class PreemptReason : uint8_t { kKv, kSlot };
+
   int max_kv_tokens(const Request& r) const;
   int reusable_prefix(const Sequence& s) const;
   void remove(RequestId id);  // frees blocks, forgets the request
-  void preempt(StepBuild& build, RequestId id);
+  void preempt(StepBuild& build, RequestId id, PreemptReason why);
   bool worse_than(const Rank& a, const Rank& b) const { return a > b; }
-  // Preempts running sequences ranked below `rank`, worst first, until `need`
-  // blocks are available or none is left. False if still short.
-  bool reclaim(StepBuild& build, const Rank& rank, int need);
+  // The running sequences an admission of `s` may preempt, worst first: those
+  // ranked below it, except STAT ones when `s` is STAT.
+  std::vector<RequestId> victims_for(const Sequence& s) const;
   void schedule_decode(StepBuild& build, Sequence& s);
   void schedule_prefill(StepBuild& build, Sequence& s);
   bool admit(StepBuild& build, Sequence& s);
@@ -228,7 +236,8 @@ class Scheduler {
   uint64_t next_order_ = 0;
   uint64_t step_ = 0;
   bool in_flight_ = false;
-  uint64_t preemptions_ = 0;
+  uint64_t preemptions_kv_ = 0;
+  uint64_t preemptions_slot_ = 0;
 };
 
 }  // namespace chatradio::engine

@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <limits>
+#include <mutex>
 #include <span>
 #include <thread>
 
@@ -234,6 +238,197 @@ TEST_F(EngineCpu, PreemptionUnderAPoolTooSmallForAllStillGivesTheSameTokens) {
     EXPECT_EQ(o.tokens, model::generate_one(*alone, ps[i].prompt, ps[i].max_new_tokens, ps[i].sampling).tokens);
   }
   EXPECT_GT(engine.stats().preemptions, 0u);
+}
+
+
+// The real backend with two test controls. hold() parks the engine thread
+// inside its next forward until release(), so a test can decide exactly what
+// has happened before the next step (wait_parked() returns once it is parked).
+// With `poison`, the logits row of every kNanToken becomes all NaN and that of
+// every kInfToken gets one +Inf, as bad weights or an overflowing kernel would.
+class GatedBackend final : public model::Backend {
+ public:
+  static constexpr int32_t kNanToken = 500, kInfToken = 501;
+
+  GatedBackend(model::Backend& inner, bool poison) : inner_(inner), poison_(poison) {}
+  const model::LlamaConfig& config() const override { return inner_.config(); }
+  int n_kv_blocks() const override { return inner_.n_kv_blocks(); }
+  int kv_block_size() const override { return inner_.kv_block_size(); }
+  void copy_kv_block(int dst, int src) override { inner_.copy_kv_block(dst, src); }
+  void forward(std::span<float> logits, const model::Batch& batch) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      parked_ = held_;
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return !held_; });
+      parked_ = false;
+    }
+    inner_.forward(logits, batch);
+    if (!poison_) return;
+    const size_t vocab = static_cast<size_t>(config().vocab_size);
+    size_t row = 0;  // logits: [batch.n_logit_rows(), vocab]
+    for (const model::SeqSlice& s : batch.seqs) {
+      const size_t rows = s.all_logits ? s.tokens.size() : 1;
+      for (size_t j = 0; j < rows; ++j, ++row) {
+        const int32_t t = s.tokens[s.all_logits ? j : s.tokens.size() - 1];
+        const std::span<float> r = logits.subspan(row * vocab, vocab);
+        if (t == kNanToken) std::fill(r.begin(), r.end(), std::numeric_limits<float>::quiet_NaN());
+        if (t == kInfToken) r[7] = std::numeric_limits<float>::infinity();
+      }
+    }
+  }
+  void hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = true;
+  }
+  void wait_parked() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return parked_; });
+  }
+  void release() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      held_ = false;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  model::Backend& inner_;
+  const bool poison_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool held_ = false;
+  bool parked_ = false;  // the engine thread waits in forward
+};
+
+// NaN/Inf logits end their own request as an internal error naming the
+// position — never text, never a NaN logprob — and every other request of the
+// same steps gives exactly what it gives alone.
+TEST_F(EngineCpu, NonFiniteLogitsFailOnlyTheirRequest) {
+  auto alone = load(64);
+  auto llama = load(64);
+  GatedBackend poisoned(*llama, /*poison=*/true);
+  Engine engine(poisoned, EngineOptions{});
+  const auto tail = [](std::vector<int32_t> p, std::initializer_list<int32_t> t) {
+    p.insert(p.end(), t);
+    return p;
+  };
+  const std::vector<int32_t> base{1, 300, 301, 302, 303, 304, 305, 306, 307, 308};  // 10 tokens
+
+  // The engine thread waits inside the gate request's step while all the
+  // others are submitted, so they are admitted together into one step.
+  poisoned.hold();
+  GenerateParams gate;
+  gate.prompt = {1, 400};
+  gate.max_new_tokens = 2;
+  const auto gate_handle = engine.generate(gate);
+  std::vector<GenerateParams> healthy;
+  std::vector<std::shared_ptr<Handle>> healthy_handles;
+  for (int i = 0; i < 4; ++i) {
+    GenerateParams g;
+    g.prompt = tail(base, {static_cast<int32_t>(20 + i)});
+    g.max_new_tokens = 30;
+    g.sampling = i % 2 == 0 ? model::SamplingParams{} : model::SamplingParams{0.9f, 40, 0.95f, 1.0f, uint64_t(i)};
+    healthy.push_back(g);
+  }
+  GenerateParams nan_gen, inf_gen;
+  nan_gen.prompt = tail(base, {GatedBackend::kNanToken});  // its first sampling row is NaN
+  inf_gen.prompt = tail(base, {42, GatedBackend::kInfToken});
+  nan_gen.max_new_tokens = inf_gen.max_new_tokens = 30;
+  const std::vector<int32_t> used_row{400, GatedBackend::kNanToken, 402, 403};  // row 11 predicts 402
+  const std::vector<int32_t> unused_row{400, 401, GatedBackend::kNanToken};     // the last row is never read
+  const auto nan_h = engine.generate(nan_gen);
+  healthy_handles.push_back(engine.generate(healthy[0]));
+  const auto inf_h = engine.generate(inf_gen);
+  healthy_handles.push_back(engine.generate(healthy[1]));
+  const auto score_bad = engine.score(ScoreParams{base, used_row, Priority::kStat, std::nullopt});
+  const auto score_ok = engine.score(ScoreParams{base, unused_row, Priority::kRoutine, std::nullopt});
+  for (int i = 2; i < 4; ++i) healthy_handles.push_back(engine.generate(healthy[i]));
+  poisoned.release();
+
+  const Outcome& n = nan_h->wait();
+  EXPECT_EQ(n.status, Status::kNonFinite);
+  EXPECT_EQ(n.error, "the model produced non-finite logits (NaN or Inf) at position 10");
+  EXPECT_TRUE(n.tokens.empty());
+  const Outcome& f = inf_h->wait();
+  EXPECT_EQ(f.status, Status::kNonFinite);
+  EXPECT_NE(f.error.find("at position 11"), std::string::npos) << f.error;
+  const Outcome& sb = score_bad->wait();
+  EXPECT_EQ(sb.status, Status::kNonFinite);
+  EXPECT_NE(sb.error.find("at position 11"), std::string::npos) << sb.error;
+  const Outcome& so = score_ok->wait();
+  ASSERT_EQ(so.status, Status::kOk) << so.error;
+  for (float lp : so.logprobs) EXPECT_TRUE(std::isfinite(lp));
+  {
+    Engine clean(*alone, EngineOptions{});
+    EXPECT_EQ(so.logprobs, clean.score(ScoreParams{base, unused_row, Priority::kRoutine, std::nullopt})->wait().logprobs);
+  }
+  for (size_t i = 0; i < healthy.size(); ++i) {
+    const Outcome& o = healthy_handles[i]->wait();
+    ASSERT_EQ(o.status, Status::kOk) << o.error;
+    const model::GenerateResult ref =
+        model::generate_one(*alone, healthy[i].prompt, healthy[i].max_new_tokens, healthy[i].sampling);
+    for (int32_t t : ref.tokens) {
+      ASSERT_NE(t, GatedBackend::kNanToken) << "pick marker tokens the healthy requests never generate";
+      ASSERT_NE(t, GatedBackend::kInfToken) << "pick marker tokens the healthy requests never generate";
+    }
+    EXPECT_EQ(o.tokens, ref.tokens) << "request " << i;
+  }
+  EXPECT_EQ(gate_handle->wait().status, Status::kOk);
+  const EngineStats st = engine.stats();
+  EXPECT_EQ(st.nonfinite_logits, 3u);
+  EXPECT_EQ(st.n_running, 0);
+  EXPECT_EQ(st.kv_usage, 0.0);  // the failed requests' blocks came back
+}
+
+
+// One batch slot per routine request, both decoding: a STAT request submitted
+// now takes the slot of the later one in the next step (a slot preemption),
+// finishes before it, and every output — the preempted one's included, with
+// seeded sampling — is exactly what each request gives alone.
+TEST_F(EngineCpu, StatSlotPreemptionKeepsEveryOutputTheSame) {
+  auto alone = load(64);
+  auto llama = load(64);
+  GatedBackend gated(*llama, /*poison=*/false);
+  Engine engine(gated, EngineOptions{64, 2, 256, 30.0});
+  std::vector<GenerateParams> ps(3);
+  for (int i = 0; i < 3; ++i) {
+    ps[i].prompt = prompt(i + 60);
+    ps[i].sampling = model::SamplingParams{0.8f, 40, 0.95f, 1.0f, uint64_t(7 + i)};
+  }
+  ps[0].max_new_tokens = ps[1].max_new_tokens = 300;
+  ps[2].max_new_tokens = 6;
+  ps[2].priority = Priority::kStat;
+  std::vector<model::GenerateResult> refs;
+  for (const auto& g : ps) refs.push_back(model::generate_one(*alone, g.prompt, g.max_new_tokens, g.sampling));
+  ASSERT_GE(refs[0].tokens.size(), 100u) << "pick prompts the model continues at length";
+  ASSERT_GE(refs[1].tokens.size(), 100u) << "pick prompts the model continues at length";
+
+  auto a = engine.generate(ps[0]);
+  auto b = engine.generate(ps[1]);
+  std::vector<int32_t> first;
+  ASSERT_TRUE(a->next(first));  // both are decoding now
+  ASSERT_TRUE(b->next(first));
+  gated.hold();
+  gated.wait_parked();
+  ASSERT_FALSE(a->done());
+  ASSERT_FALSE(b->done());
+  const uint64_t slot_before = engine.stats().preemptions_slot;
+  auto stat = engine.generate(ps[2]);
+  gated.release();
+
+  const Outcome& so = stat->wait();
+  ASSERT_EQ(so.status, Status::kOk) << so.error;
+  EXPECT_FALSE(b->done()) << "the STAT request must not wait for the routine ones";
+  EXPECT_EQ(engine.stats().preemptions_slot, slot_before + 1);
+  EXPECT_EQ(so.tokens, refs[2].tokens);
+  const Outcome& ao = a->wait();
+  const Outcome& bo = b->wait();
+  EXPECT_EQ(ao.n_preemptions, 0);
+  EXPECT_EQ(bo.n_preemptions, 1);  // same arrival order, later: ranks worst
+  EXPECT_EQ(ao.tokens, refs[0].tokens);
+  EXPECT_EQ(bo.tokens, refs[1].tokens);
 }
 
 }  // namespace

@@ -211,6 +211,8 @@ TEST(Scheduler, StatPreemptsRoutineWhenBlocksRunOut) {
   EXPECT_TRUE(contains(plan.preempted, 1));
   EXPECT_EQ(find_entry(plan, 1), nullptr);  // its decode was withdrawn from the step
   ASSERT_NE(find_entry(plan, 2), nullptr);
+  EXPECT_EQ(h.sched.stats().preemptions_kv, 1u);  // a slot was free: blocks were the reason
+  EXPECT_EQ(h.sched.stats().preemptions_slot, 0u);
   Time now = 0.04;
   h.run_until_idle(now);
   EXPECT_TRUE(h.ok());
@@ -218,6 +220,137 @@ TEST(Scheduler, StatPreemptsRoutineWhenBlocksRunOut) {
   EXPECT_GE(h.outcomes.at(1).n_preemptions, 1);
   expect_generated(h, 1, r_prompt, 10);
   expect_generated(h, 2, s_prompt, 4);
+  expect_no_leaks(h);
+}
+
+// The batch is full of decoding routine requests: a STAT arriving now is in
+// the very next plan, in the slot of the worst-ranked of them, and every
+// output is still exactly what an undisturbed run gives.
+TEST(Scheduler, StatTakesTheSlotOfTheWorstDecodingRoutineInTheNextPlan) {
+  Harness h(config(64, 4, 512, /*batch=*/2));
+  const auto a = make_tokens(6, 1), b = make_tokens(6, 100), stat = make_tokens(5, 300);
+  ASSERT_TRUE(h.submit(generate_request(1, a, 30)).ok());
+  ASSERT_TRUE(h.submit(generate_request(2, b, 30)).ok());
+  for (int i = 0; i < 3; ++i) h.step(0.01 * i);
+  ASSERT_EQ(h.sched.n_running(), 2);
+  ASSERT_EQ(h.sched.info(2)->n_generated, 3);
+  ASSERT_TRUE(h.submit(generate_request(3, stat, 4, Priority::kStat, 0.03)).ok());
+  const Plan plan = h.step(0.03);
+  ASSERT_NE(find_entry(plan, 3), nullptr);
+  EXPECT_EQ(plan.preempted, std::vector<RequestId>{2});  // same arrival as 1, submitted later: ranks worst
+  EXPECT_NE(find_entry(plan, 1), nullptr);
+  EXPECT_EQ(find_entry(plan, 2), nullptr);  // its decode was withdrawn from the step
+  EXPECT_EQ(h.sched.stats().preemptions_slot, 1u);
+  EXPECT_EQ(h.sched.stats().preemptions_kv, 0u);
+  Time now = 0.04;
+  h.run_until_idle(now);
+  EXPECT_TRUE(h.ok());
+  EXPECT_LT(h.outcomes.at(3).step, h.outcomes.at(2).step);
+  EXPECT_EQ(h.outcomes.at(2).n_preemptions, 1);
+  EXPECT_EQ(h.outcomes.at(1).n_preemptions, 0);
+  EXPECT_EQ(h.sched.stats().preemptions, 1u);  // no churn afterwards
+  expect_generated(h, 1, a, 30);
+  expect_generated(h, 2, b, 30);
+  expect_generated(h, 3, stat, 4);
+  expect_no_leaks(h);
+}
+
+// A full batch and too few free blocks: the slot comes from the worst routine
+// request, the rest of the blocks from the next one, each counted by reason.
+TEST(Scheduler, SlotAndKvPreemptionsAreCountedApart) {
+  Harness h(config(12, 4, 512, /*batch=*/2));  // 48 tokens of KV
+  const auto a = make_tokens(10, 1), b = make_tokens(10, 100), stat = make_tokens(36, 300);
+  ASSERT_TRUE(h.submit(generate_request(1, a, 14)).ok());  // up to 23 tokens: 6 blocks
+  ASSERT_TRUE(h.submit(generate_request(2, b, 14)).ok());
+  for (int i = 0; i < 4; ++i) h.step(0.01 * i);
+  ASSERT_EQ(h.sched.blocks().n_available(), 4);  // 13 tokens computed each: 4 blocks each
+  ASSERT_TRUE(h.submit(generate_request(3, stat, 2, Priority::kStat, 0.04)).ok());  // needs 9 blocks
+  const Plan plan = h.step(0.04);
+  ASSERT_NE(find_entry(plan, 3), nullptr);
+  EXPECT_EQ(plan.preempted, (std::vector<RequestId>{2, 1}));
+  EXPECT_EQ(h.sched.stats().preemptions_slot, 1u);
+  EXPECT_EQ(h.sched.stats().preemptions_kv, 1u);
+  Time now = 0.05;
+  h.run_until_idle(now);
+  EXPECT_TRUE(h.ok());
+  EXPECT_LT(h.outcomes.at(3).step, h.outcomes.at(1).step);
+  expect_generated(h, 1, a, 14);
+  expect_generated(h, 2, b, 14);
+  expect_generated(h, 3, stat, 2);
+  expect_no_leaks(h);
+}
+
+// Between two STAT requests the running one keeps its slot. Request 3 ranks
+// above running STAT 2 (an earlier arrival stamp, as a requeued request has)
+// and the routine request has aged past it: nothing may make room for it.
+TEST(Scheduler, StatNeverPreemptsAStat) {
+  SchedulerConfig cfg = config(64, 4, 512, /*batch=*/2);
+  cfg.routine_aging_s = 1.0;
+  Harness h(cfg);
+  const auto r = make_tokens(6, 1), s2 = make_tokens(6, 100), s3 = make_tokens(5, 300);
+  ASSERT_TRUE(h.submit(generate_request(1, r, 12, Priority::kRoutine, 0.0)).ok());  // rank 1
+  ASSERT_TRUE(h.submit(generate_request(2, s2, 20, Priority::kStat, 5.0)).ok());    // rank 5
+  h.step(5.0);
+  ASSERT_EQ(h.sched.n_running(), 2);
+  ASSERT_TRUE(h.submit(generate_request(3, s3, 4, Priority::kStat, 4.0)).ok());  // rank 4
+  for (int i = 1; i <= 5; ++i) {
+    const Plan plan = h.step(5.0 + 0.01 * i);
+    EXPECT_TRUE(plan.preempted.empty()) << "step " << i;
+    EXPECT_EQ(find_entry(plan, 3), nullptr) << "step " << i;
+  }
+  Time now = 5.1;
+  h.run_until_idle(now);
+  EXPECT_TRUE(h.ok());
+  EXPECT_EQ(h.sched.stats().preemptions, 0u);
+  EXPECT_LT(h.outcomes.at(1).step, h.outcomes.at(3).step);  // it got the slot request 1 freed
+  expect_generated(h, 1, r, 12);
+  expect_generated(h, 2, s2, 20);
+  expect_generated(h, 3, s3, 4);
+  expect_no_leaks(h);
+}
+
+// Aging is unchanged: a routine request that arrived more than
+// routine_aging_s before a STAT outranks it and keeps its slot.
+TEST(Scheduler, StatDoesNotPreemptARoutineRequestThatAgedPastIt) {
+  SchedulerConfig cfg = config(64, 4, 512, /*batch=*/1);
+  cfg.routine_aging_s = 1.0;
+  Harness h(cfg);
+  ASSERT_TRUE(h.submit(generate_request(1, make_tokens(6, 1), 10, Priority::kRoutine, 0.0)).ok());  // rank 1
+  h.step(2.0);
+  ASSERT_TRUE(h.submit(generate_request(2, make_tokens(5, 300), 3, Priority::kStat, 2.0)).ok());  // rank 2
+  const Plan plan = h.step(2.01);
+  EXPECT_TRUE(plan.preempted.empty());
+  EXPECT_EQ(find_entry(plan, 2), nullptr);
+  Time now = 2.02;
+  h.run_until_idle(now);
+  EXPECT_TRUE(h.ok());
+  EXPECT_LT(h.outcomes.at(1).step, h.outcomes.at(2).step);
+  EXPECT_EQ(h.sched.stats().preemptions, 0u);
+  expect_no_leaks(h);
+}
+
+// With slot preemption off (the benchmark's control) a STAT waits for a slot
+// to free up, and nothing is preempted.
+TEST(Scheduler, WithoutSlotPreemptionAStatWaitsForAFreeSlot) {
+  SchedulerConfig cfg = config(64, 4, 512, /*batch=*/2);
+  cfg.slot_preemption = false;
+  Harness h(cfg);
+  ASSERT_TRUE(h.submit(generate_request(1, make_tokens(6, 1), 6)).ok());
+  ASSERT_TRUE(h.submit(generate_request(2, make_tokens(6, 100), 30)).ok());
+  for (int i = 0; i < 3; ++i) h.step(0.01 * i);
+  ASSERT_TRUE(h.submit(generate_request(3, make_tokens(5, 300), 4, Priority::kStat, 0.03)).ok());
+  Time now = 0.03;
+  while (h.outcomes.count(1) == 0) {
+    const Plan plan = h.step(now);
+    now += 0.01;
+    EXPECT_EQ(find_entry(plan, 3), nullptr);
+  }
+  EXPECT_NE(find_entry(h.step(now), 3), nullptr);  // in the slot request 1 left
+  now += 0.01;
+  h.run_until_idle(now);
+  EXPECT_TRUE(h.ok());
+  EXPECT_EQ(h.sched.stats().preemptions, 0u);
+  EXPECT_LT(h.outcomes.at(3).step, h.outcomes.at(2).step);
   expect_no_leaks(h);
 }
 
@@ -232,6 +365,7 @@ TEST(Scheduler, WorstDecoderPreemptsItselfWhenNoBlockIsLeft) {
   EXPECT_EQ(plan.preempted, std::vector<RequestId>{2});
   EXPECT_EQ(find_entry(plan, 2), nullptr);
   ASSERT_NE(find_entry(plan, 1), nullptr);
+  EXPECT_EQ(h.sched.stats().preemptions_kv, 1u);
   Time now = 0.02;
   h.run_until_idle(now);
   EXPECT_TRUE(h.ok());

@@ -177,11 +177,13 @@ void run_random(const Params& p) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf(
       "seed %llu: %d steps, %.2fs | finished %d (eos %d stop %d max %d scored %d) cancelled %d expired %d "
-      "rejected %d | preemptions %llu, prefix hit rate %.2f\n",
+      "rejected %d | preemptions %llu (kv %llu, slot %llu), prefix hit rate %.2f\n",
       static_cast<unsigned long long>(p.seed), steps, secs, by_kind[Outcome::Kind::kFinished],
       by_reason[FinishReason::kEos], by_reason[FinishReason::kStop], by_reason[FinishReason::kMaxTokens],
       by_reason[FinishReason::kScored], by_kind[Outcome::Kind::kCancelled], by_kind[Outcome::Kind::kExpired],
-      by_kind[Outcome::Kind::kRejected], static_cast<unsigned long long>(st.preemptions), st.prefix_hit_rate);
+      by_kind[Outcome::Kind::kRejected], static_cast<unsigned long long>(st.preemptions),
+      static_cast<unsigned long long>(st.preemptions_kv), static_cast<unsigned long long>(st.preemptions_slot),
+      st.prefix_hit_rate);
   // The workload must actually exercise every path.
   EXPECT_GT(by_kind[Outcome::Kind::kCancelled], 0);
   EXPECT_GT(by_kind[Outcome::Kind::kExpired], 0);

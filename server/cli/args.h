@@ -6,6 +6,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "model/kv_cache.h"
 
@@ -24,11 +25,14 @@ class Args {
   bool has(const std::string& name) const { return values_.count(name) > 0; }
   std::string str(const std::string& name) const;  // throws UsageError when missing
   std::string str(const std::string& name, const std::string& fallback) const;
+  // Every value of an option given more than once, in command-line order
+  // (str() returns the last); empty when absent.
+  std::vector<std::string> all(const std::string& name) const;
   long long integer(const std::string& name, long long fallback, long long lo, long long hi) const;
   double number(const std::string& name, double fallback) const;
 
  private:
-  std::map<std::string, std::string> values_;
+  std::map<std::string, std::vector<std::string>> values_;
 };
 
 // --kv-dtype f16|f32 (default f16), shared by the commands that run a model.

@@ -23,8 +23,21 @@ constexpr const char* kHelp =
     "\n"
     "  --model DIR        float checkpoint (config.json + safetensors)\n"
     "  --out DIR          output directory; must not exist or be empty\n"
-    "  --lora DIR         PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
-    "                     merged first: W' = W + lora_alpha/r * B*A\n"
+    "  --lora DIR[,DIR..] PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors)\n"
+    "                     applied in float32 before quantizing; repeat the option or give a\n"
+    "                     comma-separated list to apply several in order (each sees the result\n"
+    "                     of the ones before it: a domain adapter, then a task adapter).\n"
+    "                     Applied, with s = lora_alpha/r:\n"
+    "                       lora_A/lora_B of a linear (q/k/v/o/gate/up/down, untied lm_head):\n"
+    "                         W' = W + s * B*A\n"
+    "                       lora_embedding_A/B of embed_tokens: E' = E + s * (B*A)^T\n"
+    "                       modules_to_save tensors (embed_tokens, lm_head, norms, linears) and a\n"
+    "                       resized or base_layer embedding: replace the base tensor (same shape)\n"
+    "                     With tied embeddings lm_head follows embed_tokens. Refused with a\n"
+    "                     message: any tensor not listed above, modules the model lacks, DoRA,\n"
+    "                     rsLoRA, biases, rank/alpha patterns, PiSSA/OLoRA/CorDA/LoftQ, trainable\n"
+    "                     tokens, a LoRA of a tied lm_head, and an adapter that changes nothing\n"
+    "                     (docs/lora.md)\n"
     "  --group-size N     inputs per scale group: 32, 64, 128 (default) or -1 (one group)\n"
     "  --sym              symmetric quantization (zero point 8)\n";
 
@@ -37,7 +50,16 @@ int run(int argc, char** argv) {
   model::QuantizeOptions opts;
   const std::string model_dir = args.str("model");
   const std::string out_dir = args.str("out");
-  opts.lora_dir = args.str("lora", "");
+  for (const std::string& list : args.all("lora")) {
+    for (size_t at = 0;;) {  // "A,B" is two adapters, applied in that order
+      const size_t comma = list.find(',', at);
+      const std::string dir = list.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+      if (dir.empty()) throw UsageError("--lora '" + list + "' has an empty adapter directory");
+      opts.lora_dirs.push_back(dir);
+      if (comma == std::string::npos) break;
+      at = comma + 1;
+    }
+  }
   opts.group_size = static_cast<int>(args.integer("group-size", 128, -1, 128));
   if (opts.group_size != -1 && opts.group_size != 32 && opts.group_size != 64 && opts.group_size != 128)
     throw UsageError("--group-size must be 32, 64, 128 or -1, got " + std::to_string(opts.group_size));
@@ -52,7 +74,9 @@ int run(int argc, char** argv) {
     std::string summary = "chatradio quantize: " + out_dir + ": " + std::to_string(r.n_quantized) +
                           " linears int4 (group " + std::to_string(opts.group_size) +
                           (opts.sym ? ", sym" : ", asym") + "), " + std::to_string(r.n_f16) + " tensors f16";
-    if (!opts.lora_dir.empty()) summary += ", " + std::to_string(r.n_lora_merged) + " LoRA weights merged";
+    if (!opts.lora_dirs.empty())
+      summary += ", " + std::to_string(r.n_lora_merged) + " weights changed by " + std::to_string(opts.lora_dirs.size()) +
+                 (opts.lora_dirs.size() == 1 ? " LoRA adapter" : " LoRA adapters");
     char tail[128];
     std::snprintf(tail, sizeof(tail), "; %s in, %s out, %zu files, %s (%.0f MB/s)", format_mb(r.in_bytes).c_str(),
                   format_mb(r.out_bytes).c_str(), r.files.size(), format_duration(secs).c_str(),

@@ -193,6 +193,9 @@ GptqView gptq_view(const std::string& name, const TensorView& qweight, const Ten
   check_tensor(name + ".qweight", qweight, DType::I32, 4, {s.in_padded / 8, s.out_padded});
   check_tensor(name + ".qzeros", qzeros, DType::I32, 4, {s.n_groups, s.out_padded / 8});
   check_tensor(name + ".scales", scales, DType::F16, 2, {s.n_groups, s.out_padded});
+  // qweight/qzeros are integers and cannot be non-finite; a NaN or Inf scale
+  // would poison every output it multiplies.
+  check_finite(scales);
   GptqView v;
   v.name = name;
   v.shape = s;

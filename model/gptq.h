@@ -71,7 +71,8 @@ GptqTensors gptq_quantize(const float* w /*[out, in]*/, int out, int in, int gro
 void gptq_dequantize(float* w /*[out, in]*/, const GptqView& v);
 
 // Validates the tensors of linear `name` against the expected shape: dtypes
-// int32/int32/f16/int32, shapes, byte sizes, g_idx values in [0, n_groups).
+// int32/int32/f16/int32, shapes, byte sizes, finite scales, g_idx values in
+// [0, n_groups).
 // g_idx may be null (absent from the checkpoint). Throws ModelError naming the
 // tensor, the expected and the actual shape.
 GptqView gptq_view(const std::string& name, const TensorView& qweight, const TensorView& qzeros,

@@ -1,8 +1,10 @@
 #include "model/llama.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <string>
+#include <string_view>
 
 #include "kernels/cpu/cpu_ops.h"
 #include "model/errors.h"
@@ -56,6 +58,34 @@ std::vector<float> read_f32(const Checkpoint& ckpt, const std::string& name,
   return out;
 }
 
+// v = the F16 value nearest v (what an F16 checkpoint of it would hold).
+void round_through_f16(std::span<float> v) {
+  for (float& x : v) x = f16_to_f32(f32_to_f16(x));
+}
+
+// 1 + the largest N of the "model.layers.N." tensor names, 0 without any.
+// A name whose N does not parse is left to the unused-tensor check.
+int checkpoint_layer_count(const Checkpoint& ckpt) {
+  constexpr std::string_view kPrefix = "model.layers.";
+  int n = 0;
+  for (const std::string& name : ckpt.names()) {
+    if (name.compare(0, kPrefix.size(), kPrefix) != 0) continue;
+    const char* begin = name.data() + kPrefix.size();
+    const char* end = name.data() + name.size();
+    int layer = 0;
+    const auto [p, ec] = std::from_chars(begin, end, layer);
+    if (ec == std::errc() && p != begin && p != end && *p == '.' && layer >= 0) n = std::max(n, layer + 1);
+  }
+  return n;
+}
+
+// Buffers older transformers versions saved next to the weights: they hold no
+// weights (recomputed from rope_theta), so a checkpoint may carry them.
+bool is_weightless_buffer(const std::string& name) {
+  constexpr std::string_view kSuffix = ".self_attn.rotary_emb.inv_freq";
+  return name.size() > kSuffix.size() && name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0;
+}
+
 // Reads linear `prefix` (without ".weight") in whichever form the checkpoint
 // holds and the options ask for.
 class LinearReader {
@@ -66,7 +96,9 @@ class LinearReader {
   }
   bool int4() const { return gptq_ || opts_.format == WeightFormat::kInt4; }
 
-  Linear read(const std::string& prefix, int out, int in) const {
+  // via_f16: the weight is one an int4 checkpoint stores in F16 (lm_head);
+  // when quantized here it is rounded through F16 first, see quantized().
+  Linear read(const std::string& prefix, int out, int in, bool via_f16 = false) const {
     Linear l{out, in, {}, {}};
     if (gptq_ && ckpt_.has(prefix + ".qweight")) {
       const GptqShape shape = gptq_shape(in, out, qcfg_.group_size);
@@ -83,7 +115,7 @@ class LinearReader {
     }
     if (int4()) {
       const TensorView& t = ckpt_.get(prefix + ".weight", {out, in});
-      l = quantized(prefix, t, out, in);
+      l = quantized(prefix, t, out, in, via_f16);
       release_pages(t);
       return l;
     }
@@ -95,7 +127,12 @@ class LinearReader {
   // checkpoint, everything with --quantize int4) with the same RTN grid, a
   // slice of output rows at a time: RTN is per output row, so slicing cannot
   // change a bit, and a 7B lm_head never sits in memory as 0.5 GB of floats.
-  Linear quantized(const std::string& prefix, const TensorView& w /*[out, in]*/, int out, int in) const {
+  // via_f16 rounds the source through F16 before quantizing: `chatradio
+  // quantize` stores lm_head (and the embedding a tied lm_head is) in F16, and
+  // a reload quantizes that copy, so this is what makes --quantize int4 at
+  // load and a reloaded quantize output give bitwise-identical lm_heads.
+  Linear quantized(const std::string& prefix, const TensorView& w /*[out, in]*/, int out, int in,
+                   bool via_f16) const {
     constexpr int kSliceRows = 1024;  // a multiple of the 8-column panel
     const int group = gptq_ ? qcfg_.group_size : opts_.group_size;
     Linear l{out, in, {}, {}};
@@ -104,6 +141,7 @@ class LinearReader {
       const int n = std::min(kSliceRows, out - o0);
       rows.resize(static_cast<size_t>(n) * in);
       to_f32(rows, w, static_cast<int64_t>(o0) * in);
+      if (via_f16 && w.dtype != DType::F16) round_through_f16(rows);  // F16 values are their own rounding
       const GptqTensors t = gptq_quantize(rows.data(), n, in, group, /*sym=*/false);
       cpu::q4_append_columns(l.q4, gptq_to_q4(gptq_view_of(t, prefix)));
     }
@@ -119,47 +157,89 @@ class LinearReader {
 
 }  // namespace
 
+void check_layer_count(const LlamaConfig& cfg, const Checkpoint& ckpt) {
+  const int n = checkpoint_layer_count(ckpt);
+  if (n == cfg.num_hidden_layers) return;
+  throw ModelError(ckpt.dir() + ": config.json has num_hidden_layers = " + std::to_string(cfg.num_hidden_layers) +
+                   " but the checkpoint holds " + std::to_string(n) + " layers" +
+                   (n ? " (model.layers.0 to model.layers." + std::to_string(n - 1) + ")" : "") +
+                   (n > cfg.num_hidden_layers ? "; the extra layers would be silently dropped"
+                                              : "; the missing layers have no weights"));
+}
+
+std::vector<std::string> check_all_tensors_used(const Checkpoint& ckpt, const LlamaConfig& cfg) {
+  std::vector<std::string> tolerated, unused;
+  for (const std::string& name : ckpt.unread()) (is_weightless_buffer(name) ? tolerated : unused).push_back(name);
+  if (unused.empty()) return tolerated;
+  std::string names;
+  for (size_t i = 0; i < unused.size() && i < 5; ++i) names += (i ? ", " : "") + unused[i];
+  if (unused.size() > 5) names += ", ... (" + std::to_string(unused.size() - 5) + " more)";
+  const bool tied_head = cfg.tie_word_embeddings && ckpt.has("lm_head.weight");
+  throw ModelError(ckpt.dir() + ": " + std::to_string(unused.size()) + " tensor(s) the model does not use: " + names +
+                   (tied_head ? " (config.json ties lm_head to the embedding, tie_word_embeddings = true)" : "") +
+                   "; a checkpoint must hold exactly the weights its config describes");
+}
+
 LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir, const LoadOptions& opts) {
   const auto mapping = std::make_shared<const Checkpoint>(model_dir);
   const Checkpoint& ckpt = *mapping;
+  check_layer_count(cfg, ckpt);
   const LinearReader reader(ckpt, opts);
   const int d = cfg.hidden_size, kv = cfg.kv_dim(), ff = cfg.intermediate_size;
   LlamaWeights w;
   const TensorView& embed_t = ckpt.get("model.embed_tokens.weight", {cfg.vocab_size, d});
-  if (reader.int4() && !cfg.tie_word_embeddings && embed_t.dtype == DType::F16 &&
-      reinterpret_cast<uintptr_t>(embed_t.data) % alignof(uint16_t) == 0) {
-    // Stored in f16 already (GPTQ checkpoints): read rows straight from the
-    // mapping, which the table keeps alive.
-    w.embed_f16 = HalfTable(mapping, reinterpret_cast<const uint16_t*>(embed_t.data),
-                            static_cast<size_t>(embed_t.numel()));
-  } else {
-    if (cfg.tie_word_embeddings && reader.int4()) w.lm_head = reader.quantized("lm_head", embed_t, cfg.vocab_size, d);
-    std::vector<float> embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
-    if (cfg.tie_word_embeddings && !reader.int4()) w.lm_head = Linear{cfg.vocab_size, d, embed, {}};
-    if (reader.int4()) {
+  if (reader.int4()) {
+    // Int4 models keep the table in F16, as the GPTQ checkpoints `chatradio
+    // quantize` writes store it. Stored in F16 already: read rows straight
+    // from the mapping, which the table keeps alive.
+    if (embed_t.dtype == DType::F16 && reinterpret_cast<uintptr_t>(embed_t.data) % alignof(uint16_t) == 0) {
+      check_finite(embed_t);
+      w.embed_f16 = HalfTable(mapping, reinterpret_cast<const uint16_t*>(embed_t.data),
+                              static_cast<size_t>(embed_t.numel()));
+    } else {
+      const std::vector<float> embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
       std::vector<uint16_t> half(embed.size());  // [vocab, hidden]
       for (size_t i = 0; i < embed.size(); ++i) half[i] = f32_to_f16(embed[i]);
       w.embed_f16 = HalfTable(std::move(half));
-    } else {
-      w.embed = std::move(embed);
     }
+    if (cfg.tie_word_embeddings) {
+      // The tied lm_head is quantized from the F16 table the model embeds
+      // with, which is also all a quantized checkpoint holds of it.
+      TensorView table = embed_t;
+      table.dtype = DType::F16;
+      table.data = reinterpret_cast<const uint8_t*>(w.embed_f16.data());
+      table.nbytes = w.embed_f16.size() * sizeof(uint16_t);
+      w.lm_head = reader.quantized("lm_head", table, cfg.vocab_size, d, /*via_f16=*/false);
+    }
+    release_pages(embed_t);
+  } else {
+    w.embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
+    if (cfg.tie_word_embeddings) w.lm_head = Linear{cfg.vocab_size, d, w.embed, {}};
   }
+  // Int4 models take their norms through F16 too: that is how an int4
+  // checkpoint stores them, so both ways to an int4 model give the same bits.
+  auto read_norm = [&](const std::string& name) {
+    std::vector<float> v = read_f32(ckpt, name, {d});
+    if (reader.int4()) round_through_f16(v);
+    return v;
+  };
   w.layers.resize(cfg.num_hidden_layers);
   for (int l = 0; l < cfg.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights& L = w.layers[l];
-    L.attn_norm = read_f32(ckpt, p + "input_layernorm.weight", {d});
+    L.attn_norm = read_norm(p + "input_layernorm.weight");
     L.q = reader.read(p + "self_attn.q_proj", d, d);
     L.k = reader.read(p + "self_attn.k_proj", kv, d);
     L.v = reader.read(p + "self_attn.v_proj", kv, d);
     L.o = reader.read(p + "self_attn.o_proj", d, d);
-    L.ffn_norm = read_f32(ckpt, p + "post_attention_layernorm.weight", {d});
+    L.ffn_norm = read_norm(p + "post_attention_layernorm.weight");
     L.gate = reader.read(p + "mlp.gate_proj", ff, d);
     L.up = reader.read(p + "mlp.up_proj", ff, d);
     L.down = reader.read(p + "mlp.down_proj", d, ff);
   }
-  w.final_norm = read_f32(ckpt, "model.norm.weight", {d});
-  if (!cfg.tie_word_embeddings) w.lm_head = reader.read("lm_head", cfg.vocab_size, d);
+  w.final_norm = read_norm("model.norm.weight");
+  if (!cfg.tie_word_embeddings) w.lm_head = reader.read("lm_head", cfg.vocab_size, d, /*via_f16=*/true);
+  check_all_tensors_used(ckpt, cfg);
   return w;
 }
 

@@ -14,6 +14,7 @@
 #include "model/backend.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/safetensors.h"
 
 namespace chatradio::model {
 
@@ -82,8 +83,29 @@ struct LoadOptions {
 // weights the embedding table is kept in f16 and lm_head in int4 (quantized at
 // load when the checkpoint stores it in float). Throws ModelError naming the
 // file/tensor on any problem.
+//
+// The checkpoint must hold exactly the model the config describes: as many
+// layers (check_layer_count, before any weight is read), no tensor the model
+// does not use (check_all_tensors_used), and no NaN or Inf in any float
+// weight or GPTQ scale; each is a ModelError naming the tensor.
+//
+// Int4 from a float checkpoint (kInt4) gives the same bits as loading what
+// `chatradio quantize` writes from it: linears are quantized from the source
+// values, while the embedding, a tied or untied lm_head and the norms go
+// through F16 first, because that is how the quantized checkpoint stores them
+// (docs/quantize.md).
 LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir,
                                 const LoadOptions& opts = {});
+
+// Throws ModelError unless the checkpoint's layers (model.layers.N.*) number
+// exactly cfg.num_hidden_layers: with fewer in the config the extra layers
+// would be silently dropped, with more they would have no weights.
+void check_layer_count(const LlamaConfig& cfg, const Checkpoint& ckpt);
+// For a loader that has fetched every weight it needs through ckpt.get():
+// throws ModelError naming the tensors it left unread. Returns the unread
+// ones that are tolerated, buffers older transformers versions saved that
+// hold no weights (model.layers.N.self_attn.rotary_emb.inv_freq).
+std::vector<std::string> check_all_tensors_used(const Checkpoint& ckpt, const LlamaConfig& cfg);
 
 struct CpuBackendOptions {
   int n_kv_blocks = 256;  // KV pool size in blocks

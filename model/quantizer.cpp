@@ -8,11 +8,10 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <memory>
-#include <set>
 
 #include "model/errors.h"
 #include "model/file_util.h"
+#include "model/llama.h"
 #include "model/lora.h"
 #include "model/quantize_config.h"
 
@@ -61,7 +60,7 @@ void write_f16(CheckpointWriter& dst, const TensorView& src) {
       dst.write(src.name, {part.data, part.nbytes});
     } else {
       const std::span<float> v(f.data(), static_cast<size_t>(part.shape[0]));
-      to_f32(v, part);
+      to_f32(v, src, i);  // from src, not part: an error then gives the index in the tensor
       write_f16(dst, src.name, v);
     }
     release_pages(part);
@@ -75,7 +74,7 @@ std::vector<float> read_f32(const TensorView& src) {
   std::vector<float> w(static_cast<size_t>(n));  // [rows, cols]
   for (int64_t i = 0; i < n; i += kSliceElems) {
     const TensorView part = slice(src, i, std::min(kSliceElems, n - i));
-    to_f32(std::span<float>(w.data() + i, static_cast<size_t>(part.shape[0])), part);
+    to_f32(std::span<float>(w.data() + i, static_cast<size_t>(part.shape[0])), src, i);
     release_pages(part);
   }
   return w;
@@ -215,33 +214,19 @@ QuantizeResult quantize_checkpoint(const std::string& out_dir, const std::string
   const std::vector<LlamaTensor> tensors = llama_tensors(cfg);
 
   // Everything that can be checked up front is, so a bad input fails in
-  // seconds and before a byte is written: source shapes and dtypes, and that
-  // each adapter weight names a linear of this model.
+  // seconds and before a byte is written: source shapes and dtypes, and every
+  // tensor of every adapter (LoraStack).
   QuantizeResult res;
-  std::set<std::string> used;
+  check_layer_count(cfg, ckpt);
   for (const LlamaTensor& t : tensors) {
     const TensorView& v = ckpt.get(t.name, t.shape());
     if (v.dtype != DType::F32 && v.dtype != DType::F16 && v.dtype != DType::BF16)
       throw ModelError(v.file + ": tensor '" + t.name + "': dtype " + dtype_name(v.dtype) +
                        " is not a float checkpoint weight (expected F32, F16 or BF16; is this already quantized?)");
-    used.insert(t.name);
   }
-  for (const std::string& n : ckpt.names())
-    if (!used.count(n)) res.ignored.push_back(n);
+  res.ignored = check_all_tensors_used(ckpt, cfg);
 
-  std::unique_ptr<LoraAdapter> lora;
-  if (!opts.lora_dir.empty()) {
-    lora = std::make_unique<LoraAdapter>(opts.lora_dir);
-    for (const std::string& w : lora->covered_weights()) {
-      auto t = std::find_if(tensors.begin(), tensors.end(), [&](const LlamaTensor& x) { return x.name == w; });
-      if (t == tensors.end())
-        throw ModelError(opts.lora_dir + ": the adapter has weights for '" + w + "', which the model in " +
-                         model_dir + " lacks");
-      if (t->cols == 0 || t->kind == LlamaTensor::Kind::kEmbed)
-        throw ModelError(opts.lora_dir + ": the adapter has weights for '" + w +
-                         "', which is not a linear layer (cannot merge B·A into it)");
-    }
-  }
+  LoraStack lora(opts.lora_dirs, cfg);
 
   const QuantizeConfig qcfg{4, opts.group_size, opts.sym, /*desc_act=*/false, /*lm_head=*/false};
   OutputDir out(out_dir);
@@ -250,35 +235,27 @@ QuantizeResult quantize_checkpoint(const std::string& out_dir, const std::string
   out.adopt(writer.files());
   out.require_space(writer.total_bytes());
 
-  std::set<std::string> merged;
   for (const LlamaTensor& t : tensors) {
     const TensorView& src = ckpt.get(t.name);
     res.in_bytes += src.nbytes;
-    const bool merge = lora && lora->covers(t.name);
+    const bool edit = lora.touches(t.name);
     if (t.kind == LlamaTensor::Kind::kLinear) {
       std::vector<float> w = read_f32(src);  // [rows, cols]
-      if (merge) lora->merge_into(w, t.name, t.rows, t.cols);
+      if (edit) lora.apply(w, t.name);
       write_gptq(writer, t.prefix(), gptq_quantize(w.data(), t.rows, t.cols, opts.group_size, opts.sym));
       ++res.n_quantized;
-    } else if (merge) {  // lm_head with an adapter: merged in float, then stored F16
-      std::vector<float> w = read_f32(src);
-      lora->merge_into(w, t.name, t.rows, t.cols);
+    } else if (edit) {  // embedding, norm or lm_head an adapter edits: in float, then stored F16
+      std::vector<float> w = read_f32(src);  // [rows, cols] or [rows]
+      lora.apply(w, t.name);
       write_f16(writer, t.name, w);
       ++res.n_f16;
     } else {
       write_f16(writer, src);
       ++res.n_f16;
     }
-    if (merge) merged.insert(t.name);
     if (progress) progress(t.name, writer.bytes_written(), writer.total_bytes());
   }
-  if (lora) {
-    // Unreachable after the up-front check, kept so a future layout change
-    // cannot silently drop part of an adapter.
-    for (const std::string& w : lora->covered_weights())
-      if (!merged.count(w)) throw ModelError(opts.lora_dir + ": adapter weight for '" + w + "' was never merged");
-    res.n_lora_merged = static_cast<int>(merged.size());
-  }
+  res.n_lora_merged = lora.finish();
   writer.finish();
   res.out_bytes = writer.total_bytes();
   res.files = writer.files();

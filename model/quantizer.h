@@ -1,5 +1,5 @@
 // `chatradio quantize`: a float Llama checkpoint (F32/F16/BF16, one file or
-// shards), optionally with a PEFT LoRA adapter merged in first, to a GPTQ v1
+// shards), optionally with PEFT LoRA adapters applied first, to a GPTQ v1
 // int4 checkpoint (docs/gptq-format.md). It streams: one weight is read,
 // converted or quantized and written at a time, so peak memory is about one
 // float32 weight matrix, not the model.
@@ -89,17 +89,17 @@ class OutputDir {
 struct QuantizeOptions {
   int group_size = 128;  // -1 or a positive multiple of 32
   bool sym = false;
-  std::string lora_dir{};  // PEFT adapter to merge first; empty = none
+  std::vector<std::string> lora_dirs{};  // PEFT adapters applied first, in this order (model/lora.h)
   uint64_t max_shard_bytes = CheckpointWriter::kDefaultMaxShardBytes;
 };
 
 struct QuantizeResult {
   int n_quantized = 0;    // linears stored as GPTQ int4
   int n_f16 = 0;          // tensors stored as F16 (embedding, norms, lm_head)
-  int n_lora_merged = 0;  // base weights the adapter changed
+  int n_lora_merged = 0;  // weights the adapters changed
   uint64_t in_bytes = 0;  // source bytes read
   uint64_t out_bytes = 0;                // tensor bytes written
-  std::vector<std::string> ignored;      // source tensors not part of the model (e.g. rotary_emb.inv_freq)
+  std::vector<std::string> ignored;      // weightless buffers dropped (rotary_emb.inv_freq); any other unused tensor is an error
   std::vector<std::string> files;        // written, inside the output directory
 };
 
@@ -109,9 +109,12 @@ struct QuantizeResult {
 // WeightFormat::kInt4); embedding, norms and lm_head are stored F16. Writes
 // quantize_config.json, config.json (torch_dtype float16, plus the
 // quantization_config transformers expects) and copies the tokenizer files.
-// With a LoRA adapter, each covered weight gets W + alpha/r · B·A before it is
-// quantized; an adapter weight the model lacks is an error before anything is
-// written. Throws ModelError; out_dir is then left as it was found.
+// With LoRA adapters, each weight they edit is replaced and/or gets its LoRA
+// delta in float32 (adapter after adapter, model/lora.h) before it is
+// quantized or stored; an adapter that does not fit the model is an error
+// before anything is written, as are a layer count other than the config's, a tensor the model
+// does not use (check_all_tensors_used) and a NaN or Inf weight. Throws
+// ModelError; out_dir is then left as it was found.
 QuantizeResult quantize_checkpoint(const std::string& out_dir, const std::string& model_dir,
                                    const QuantizeOptions& opts, const ProgressFn& progress = {});
 

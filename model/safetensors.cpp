@@ -16,7 +16,6 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -245,16 +244,31 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       if (e > b) ranges.push_back({b, e, &slot->first});
     }
 
-    // Two tensors sharing bytes would alias each other's weights; the
-    // reference writer never does that, so it indicates a corrupt header.
+    // The tensors must tile the data section exactly, as the reference
+    // implementation demands: two tensors sharing bytes would alias each
+    // other's weights, and bytes no tensor claims (a hole, a tail) mean the
+    // header and the data disagree, i.e. a corrupt or tampered file.
+    // Zero-byte tensors claim nothing and may sit anywhere.
     std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) { return x.begin < y.begin; });
-    for (size_t i = 1; i < ranges.size(); ++i) {
-      if (ranges[i].begin < ranges[i - 1].end)
-        throw ModelError(path + ": tensor '" + *ranges[i].name + "': data_offsets [" +
-                         std::to_string(ranges[i].begin) + ", " + std::to_string(ranges[i].end) +
-                         "] overlap tensor '" + *ranges[i - 1].name + "' [" + std::to_string(ranges[i - 1].begin) +
-                         ", " + std::to_string(ranges[i - 1].end) + "]");
+    auto span = [](const Range& r) { return "[" + std::to_string(r.begin) + ", " + std::to_string(r.end) + "]"; };
+    uint64_t covered = 0;  // data bytes [0, covered) belong to the tensors seen so far
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      const Range& r = ranges[i];
+      if (r.begin < covered)
+        throw ModelError(path + ": tensor '" + *r.name + "': data_offsets " + span(r) + " overlap tensor '" +
+                         *ranges[i - 1].name + "' " + span(ranges[i - 1]));
+      if (r.begin > covered)
+        throw ModelError(path + ": data bytes [" + std::to_string(covered) + ", " + std::to_string(r.begin) +
+                         ") " + (i ? "between tensor '" + *ranges[i - 1].name + "' and " : "before ") + "tensor '" +
+                         *r.name + "' belong to no tensor (a hole; the tensors must cover the data section exactly)");
+      covered = r.end;
     }
+    if (covered != data_size)
+      throw ModelError(path + ": " + std::to_string(data_size - covered) + " trailing bytes after the last tensor" +
+                       (ranges.empty() ? "" : " ('" + *ranges.back().name + "' ends at " + std::to_string(covered) +
+                                                  ")") +
+                       "; the data section holds " + std::to_string(data_size) +
+                       " bytes and the tensors must cover it exactly");
   } catch (...) {
     ::munmap(map_, map_size_);
     map_ = nullptr;
@@ -276,7 +290,7 @@ Checkpoint::Checkpoint(const std::string& model_dir) : dir_(model_dir) {
   // Like transformers, a single-file checkpoint wins over an index.
   if (is_file(single)) {
     files_.push_back(std::make_unique<SafetensorsFile>(single));
-    for (const auto& [name, view] : files_.back()->tensors()) index_[name] = &view;
+    for (const auto& [name, view] : files_.back()->tensors()) index_[name].view = &view;
     return;
   }
   if (!is_file(index_path))
@@ -316,10 +330,11 @@ Checkpoint::Checkpoint(const std::string& model_dir) : dir_(model_dir) {
   // two shards is ambiguous.
   for (const auto& f : files_) {
     for (const auto& [name, view] : f->tensors()) {
-      auto [it, inserted] = index_.emplace(name, &view);
+      auto [it, inserted] = index_.try_emplace(name);
       if (!inserted)
-        throw ModelError(model_dir + ": tensor '" + name + "' is present in two shards: " + it->second->file +
+        throw ModelError(model_dir + ": tensor '" + name + "' is present in two shards: " + it->second.view->file +
                          " and " + view.file);
+      it->second.view = &view;
     }
   }
   for (auto it = wm->begin(); it != wm->end(); ++it) {
@@ -335,7 +350,8 @@ bool Checkpoint::has(const std::string& name) const { return index_.count(name) 
 const TensorView& Checkpoint::get(const std::string& name) const {
   auto it = index_.find(name);
   if (it == index_.end()) throw ModelError(dir_ + ": missing tensor " + name);
-  return *it->second;
+  it->second.read.store(true, std::memory_order_relaxed);
+  return *it->second.view;
 }
 
 const TensorView& Checkpoint::get(const std::string& name, const std::vector<int64_t>& shape) const {
@@ -353,107 +369,11 @@ std::vector<std::string> Checkpoint::names() const {
   return out;
 }
 
-// ---------------------------------------------------------------------------
-// Conversions
-
-float f16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);  // inf, or NaN with its payload
-  } else if (exp != 0) {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  } else if (mant == 0) {
-    bits = sign;  // signed zero
-  } else {
-    // Subnormal half: renormalise so the leading 1 becomes the implicit bit.
-    int e = -1;
-    do {
-      mant <<= 1;
-      ++e;
-    } while ((mant & 0x400u) == 0);
-    bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | ((mant & 0x3ffu) << 13);
-  }
-  return std::bit_cast<float>(bits);
-}
-
-uint16_t f32_to_f16(float f) {
-  const uint32_t x = std::bit_cast<uint32_t>(f);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-  const uint32_t ax = x & 0x7fffffffu;
-  if (ax >= 0x7f800000u) {
-    if (ax == 0x7f800000u) return sign | 0x7c00u;
-    // NaN: keep the top payload bits and force the quiet bit so the payload
-    // truncation can never turn it into infinity.
-    return static_cast<uint16_t>(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
-  }
-  // 65520 is the midpoint between the largest half (65504) and 2^16; ties go
-  // to even, and 65504's mantissa is odd, so 65520 already rounds to inf.
-  if (ax >= 0x477ff000u) return sign | 0x7c00u;
-  if (ax >= 0x38800000u) {  // >= 2^-14: normal half
-    uint32_t h = ((ax >> 23) - 127 + 15) << 10 | ((ax >> 13) & 0x3ffu);
-    const uint32_t rem = ax & 0x1fffu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is correct
-    return static_cast<uint16_t>(sign | h);
-  }
-  // Subnormal half (units of 2^-24), or zero.
-  const uint32_t e = ax >> 23;
-  // Below 2^-25 (half the smallest subnormal) everything rounds to zero;
-  // 2^-25 itself (e == 102) is a tie and the rounding below sends it to 0 too.
-  if (e < 102) return sign;
-  const uint32_t m = (ax & 0x7fffffu) | 0x800000u;
-  const uint32_t shift = 126 - e;  // value / 2^-24 = m * 2^(e - 126)
-  uint32_t h = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1);
-  const uint32_t half = 1u << (shift - 1);
-  if (rem > half || (rem == half && (h & 1u))) ++h;  // may become 0x400, the smallest normal: correct
-  return static_cast<uint16_t>(sign | h);
-}
-
-float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
-
-uint16_t f32_to_bf16(float f) {
-  const uint32_t x = std::bit_cast<uint32_t>(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN stays NaN
-  // Round to nearest even; overflow past the largest bf16 correctly yields inf.
-  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-
-void to_f32(std::span<float> dst, const TensorView& t) {
-  if (static_cast<int64_t>(dst.size()) != t.numel())
-    throw ModelError(t.file + ": tensor '" + t.name + "': destination holds " + std::to_string(dst.size()) +
-                     " floats, tensor has " + std::to_string(t.numel()));
-  to_f32(dst, t, 0);
-}
-
-void to_f32(std::span<float> dst, const TensorView& t, int64_t offset) {
-  const int64_t n = static_cast<int64_t>(dst.size());
-  if (offset < 0 || offset + n > t.numel())
-    throw ModelError(t.file + ": tensor '" + t.name + "': elements [" + std::to_string(offset) + ", " +
-                     std::to_string(offset + n) + ") are outside its " + std::to_string(t.numel()));
-  // Tensor data need not be aligned (the header length decides where the data
-  // section starts), so elements are read with memcpy, never by casting.
-  switch (t.dtype) {
-    case DType::F32:
-      if (n) std::memcpy(dst.data(), t.data + 4 * offset, static_cast<size_t>(n) * 4);
-      return;
-    case DType::F16:
-    case DType::BF16: {
-      const bool half = t.dtype == DType::F16;
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t h;
-        std::memcpy(&h, t.data + 2 * (offset + i), 2);
-        if constexpr (std::endian::native == std::endian::big) h = static_cast<uint16_t>((h >> 8) | (h << 8));
-        dst[static_cast<size_t>(i)] = half ? f16_to_f32(h) : bf16_to_f32(h);
-      }
-      return;
-    }
-    default:
-      throw ModelError(t.file + ": tensor '" + t.name + "': dtype " + dtype_name(t.dtype) +
-                       " cannot be converted to float32 (expected F32, F16 or BF16)");
-  }
+std::vector<std::string> Checkpoint::unread() const {
+  std::vector<std::string> out;
+  for (const auto& [name, e] : index_)
+    if (!e.read.load(std::memory_order_relaxed)) out.push_back(name);
+  return out;
 }
 
 // ---------------------------------------------------------------------------

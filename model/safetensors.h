@@ -1,10 +1,12 @@
 // Safetensors checkpoints, memory-mapped: one file or a sharded set listed by
 // model.safetensors.index.json. Every claim a file makes is validated before
 // any tensor byte is touched (header length, JSON, dtype, shape x dtype = byte
-// range, ranges inside the file and non-overlapping), so a truncated or
-// hostile file yields a ModelError naming file and tensor, never a bad read.
+// range, ranges inside the file, covering its data section exactly: no
+// overlap, hole or trailing bytes), so a truncated or hostile file yields a
+// ModelError naming file and tensor, never a bad read.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -68,11 +70,19 @@ class Checkpoint {
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
   std::vector<std::string> names() const;
   const std::string& dir() const { return dir_; }
+  // Names get() has never returned, sorted. A loader that fetched every
+  // tensor it needs through get() learns from this which tensors the model
+  // does not use (safe to call from threads: reads are recorded atomically).
+  std::vector<std::string> unread() const;
 
  private:
+  struct Entry {
+    const TensorView* view;
+    mutable std::atomic<bool> read{false};
+  };
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
-  std::map<std::string, const TensorView*> index_;
+  std::map<std::string, Entry> index_;
 };
 
 // Drops the resident pages of a tensor's mapping once it has been consumed.
@@ -83,12 +93,17 @@ class Checkpoint {
 // again); purely advisory, so a failure only costs memory.
 void release_pages(const TensorView& t);
 
-// Converts a F32/F16/BF16 tensor to float32 into dst[t.numel()].
-// Throws ModelError for other dtypes.
+// Converts a F32/F16/BF16 tensor to float32 into dst[t.numel()] (float_convert.cpp).
+// Throws ModelError for other dtypes, and for a NaN or Inf element, naming the
+// tensor and the element's index: no non-finite weight enters a model.
 void to_f32(std::span<float> dst, const TensorView& t);
 // Same for elements [offset, offset + dst.size()) of the tensor (a slice of
-// rows, so a large tensor can be converted a piece at a time).
+// rows, so a large tensor can be converted a piece at a time); an error gives
+// the element's index in the whole tensor.
 void to_f32(std::span<float> dst, const TensorView& t, int64_t offset);
+// The same non-finite check for a float tensor used without conversion (f16
+// tables read straight from the mapping, GPTQ scales). Throws ModelError.
+void check_finite(const TensorView& t);
 
 // IEEE half and bfloat16 conversions (round-to-nearest-even on the way down).
 float f16_to_f32(uint16_t h);

@@ -1,10 +1,12 @@
 // GPU kernel benchmarks: int4 GEMV bandwidth against the measured device copy
-// bandwidth, int4 GEMM TFLOP/s against cuBLAS fp16, paged attention decode and
-// prefill times, at Llama-2-7B shapes. Usage: bench_kernels OUT.json
+// bandwidth, int4 GEMM TFLOP/s against cuBLAS fp16 (M = 1..256 and 1024), paged
+// attention decode and prefill times, RMSNorm / add+RMSNorm bandwidth, at
+// Llama-2-7B shapes. Usage: bench_kernels OUT.json
 //
 // Method (docs/cuda.md): inputs are random (never zeros), weights rotate over
 // enough copies to exceed L2, every figure is the median of 7 timed repetitions
-// (CUDA events around a batch of launches) after a warm-up.
+// (CUDA events around a batch of launches) after a warm-up. OUT.json is
+// rewritten after every section, so a run cut short keeps what it measured.
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -143,13 +145,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s OUT.json\n", argv[0]);
     return 2;
   }
-  FILE* out = std::fopen(argv[1], "w");
-  if (out == nullptr) {
-    std::perror(argv[1]);
-    return 2;
-  }
   int n_dev = 0;
   if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+    FILE* out = std::fopen(argv[1], "w");
+    if (out == nullptr) {
+      std::perror(argv[1]);
+      return 2;
+    }
     std::fprintf(out, "{\"error\": \"no CUDA GPU present\"}\n");
     std::fclose(out);
     std::puts("no CUDA GPU present: nothing measured");
@@ -157,6 +159,7 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
+  CK(cuda::prepare_device());
   std::printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   const size_t l2_flush = std::max<size_t>(4 * static_cast<size_t>(prop.l2CacheSize), 256u << 20);
 
@@ -171,7 +174,21 @@ int main(int argc, char** argv) {
     std::printf("copy: %.0f GB/s (read + write)\n", copy_gbs);
   }
 
-  Json gemv, gemm, attn;
+  Json gemv, gemm, attn, norms;
+  // Everything measured so far, as OUT.json (called after each section).
+  auto write_json = [&](bool complete) {
+    FILE* f = std::fopen(argv[1], "w");
+    if (f == nullptr) return;
+    std::fprintf(f,
+                 "{\n  \"device\": \"%s\", \"sms\": %d, \"l2_mb\": %d, \"complete\": %s,\n  \"copy_gb_per_s\": %s,\n"
+                 "  \"int4_gemv\": [\n    %s\n  ],\n  \"int4_gemm_vs_cublas\": [\n    %s\n  ],\n"
+                 "  \"attention\": [\n    %s\n  ],\n  \"norms\": [\n    %s\n  ]\n}\n",
+                 prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, complete ? "true" : "false",
+                 num(copy_gbs).c_str(), gemv.os.str().c_str(), gemm.os.str().c_str(), attn.os.str().c_str(),
+                 norms.os.str().c_str());
+    std::fclose(f);
+  };
+  write_json(false);
   cublasHandle_t blas;
   if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) return 1;
 
@@ -192,6 +209,7 @@ int main(int argc, char** argv) {
                 ", \"pct_of_copy\": " + num(100.0 * gbs / copy_gbs) + "}");
     }
   }
+  write_json(false);
 
   // ---- int4 GEMM (int4_matmul) vs cuBLAS fp16 ----
   const int gshapes[][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
@@ -200,7 +218,7 @@ int main(int argc, char** argv) {
     const Int4Set set(n, k, l2_flush);
     Dev w16(static_cast<size_t>(n) * k * 2);
     fill(w16.as<__half>(), static_cast<size_t>(n) * k, 3, 0.05f);
-    for (int m : {1, 4, 16, 64, 256, 1024}) {
+    for (int m : {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024}) {
       Dev x(static_cast<size_t>(m) * k * 2), y(static_cast<size_t>(m) * n * 2);
       fill(x.as<__half>(), static_cast<size_t>(m) * k, 9);
       const int iters = m >= 256 ? 10 : 20;
@@ -223,6 +241,7 @@ int main(int argc, char** argv) {
                 ", \"cublas_fp16_us\": " + num(ms_blas * 1e3) + ", \"cublas_tflops\": " + num(flop / (ms_blas * 1e9)) +
                 ", \"path\": \"" + (m <= int4_layout::kGemvMaxM ? "gemv" : "gemm") + "\"}");
     }
+    write_json(false);
   }
 
   // ---- attention (Llama-2-7B: 32 heads, head_dim 128, block 16) ----
@@ -269,13 +288,35 @@ int main(int argc, char** argv) {
   for (int ctx : {512, 2048}) run_attn(1, ctx, ctx, "prefill");
   run_attn(8, 512, 512, "prefill");
   cublasDestroy(blas);
+  write_json(false);
 
-  std::fprintf(out,
-               "{\n  \"device\": \"%s\", \"sms\": %d, \"l2_mb\": %d,\n  \"copy_gb_per_s\": %s,\n"
-               "  \"int4_gemv\": [\n    %s\n  ],\n  \"int4_gemm_vs_cublas\": [\n    %s\n  ],\n"
-               "  \"attention\": [\n    %s\n  ]\n}\n",
-               prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, num(copy_gbs).c_str(),
-               gemv.os.str().c_str(), gemm.os.str().c_str(), attn.os.str().c_str());
-  std::fclose(out);
+  // ---- RMSNorm and the residual add + RMSNorm (hidden 4096) ----
+  for (int rows : {1, 64, 512}) {
+    const int dim = 4096;
+    const size_t n = static_cast<size_t>(rows) * dim;
+    Dev x(n * 2), res(n * 2), y(n * 2), wn(dim * 2);
+    fill(x.as<__half>(), n, 11);
+    fill(res.as<__half>(), n, 12);
+    fill(wn.as<__half>(), dim, 13);
+    const double ms_norm = time_ms(
+        [&](int) { CK(cuda::rmsnorm(y.as<__half>(), x.as<__half>(), wn.as<__half>(), rows, dim, 1e-5f, nullptr)); },
+        50);
+    // add_rmsnorm grows the residual every call: refresh-free is fine for timing
+    // (fp16 saturates to inf at worst, which costs the same).
+    const double ms_add = time_ms(
+        [&](int) {
+          CK(cuda::add_rmsnorm(y.as<__half>(), res.as<__half>(), x.as<__half>(), wn.as<__half>(), rows, dim, 1e-5f,
+                               nullptr));
+        },
+        50);
+    const double bytes_norm = 2.0 * 2 * n, bytes_add = 2.0 * 4 * n;  // x, y | x, res in + out, y
+    std::printf("rmsnorm rows %3d: %7.2f us %6.0f GB/s | add_rmsnorm %7.2f us %6.0f GB/s\n", rows, ms_norm * 1e3,
+                bytes_norm / (ms_norm * 1e6), ms_add * 1e3, bytes_add / (ms_add * 1e6));
+    norms.item("{\"rows\": " + std::to_string(rows) + ", \"dim\": " + std::to_string(dim) +
+               ", \"rmsnorm_us\": " + num(ms_norm * 1e3) + ", \"rmsnorm_gb_per_s\": " +
+               num(bytes_norm / (ms_norm * 1e6)) + ", \"add_rmsnorm_us\": " + num(ms_add * 1e3) +
+               ", \"add_rmsnorm_gb_per_s\": " + num(bytes_add / (ms_add * 1e6)) + "}");
+  }
+  write_json(true);
   return 0;
 }

@@ -94,6 +94,9 @@ __global__ void __launch_bounds__(kThreads) attn_simt_kernel(SimtParams p) {
     kv_end = min(ctx, kv_begin + kChunk);
   } else {
     row = blockIdx.x;
+    // n_q may be an upper bound (AttnDims): a surplus row has no sequence, and
+    // find_seq would map it to the last one (table, q and out past their ends).
+    if (row >= p.batch.q_start[p.batch.n_seqs]) return;
     seq = find_seq(p.batch.q_start, p.batch.n_seqs, row);
     const int q0 = p.batch.q_start[seq], n_new = p.batch.q_start[seq + 1] - q0;
     if (n_new <= 1) return;

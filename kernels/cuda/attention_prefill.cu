@@ -210,16 +210,23 @@ __global__ void __launch_bounds__(kThreads) attn_prefill_kernel(PrefillParams p)
 
 template <int HD>
 cudaError_t launch(const PrefillParams& p, int max_q_len, int n_seqs, cudaStream_t stream) {
-  constexpr size_t bytes = smem_bytes<HD>();
-  cudaError_t err = cudaFuncSetAttribute(attn_prefill_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(bytes));
-  if (err != cudaSuccess) return err;
+  constexpr size_t bytes = smem_bytes<HD>();  // > 48 KB for HD 128: set by prepare_device()
   const dim3 grid(div_up(max_q_len, kBM), p.n_heads, n_seqs);
   attn_prefill_kernel<HD><<<grid, kThreads, bytes, stream>>>(p);
   return last_launch_error();
 }
 
 }  // namespace
+
+cudaError_t attention_prefill_set_attributes() {
+  for (cudaError_t e : {cudaFuncSetAttribute(attn_prefill_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(smem_bytes<64>())),
+                        cudaFuncSetAttribute(attn_prefill_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(smem_bytes<128>()))}) {
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
 
 cudaError_t attention_prefill_mma(__half* out, const __half* q, int64_t q_stride, const __half* k_cache,
                                   const __half* v_cache, const PagedBatch& batch, const AttnShape& shape,

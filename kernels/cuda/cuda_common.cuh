@@ -34,6 +34,18 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+// Two adjacent outputs (an mma accumulator pair, even column) stored as fp16 or
+// fp32: the output type is the only thing the int4 kernels' epilogue varies.
+__device__ __forceinline__ void store2(__half* p, float a, float b) {
+  *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+}
+__device__ __forceinline__ void store2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+// The alignment store2 needs of an output base pointer (4 bytes for fp16, 8 for fp32).
+template <class OutT>
+inline bool store2_aligned(const OutT* p) {
+  return (reinterpret_cast<uintptr_t>(p) & (2 * sizeof(OutT) - 1)) == 0;
+}
+
 // ---- warp reductions (fixed butterfly order: deterministic) -----------------
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -89,5 +101,12 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], uint32_t a0, uint32_t a
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+
+// ---- per-device set-up (prepare_device in cuda_ops.h) ---------------------------
+
+// Each opts its kernels that need more than 48 KB of dynamic shared memory in,
+// on the current device (int4_gemm.cu, attention_prefill.cu).
+cudaError_t int4_gemm_set_attributes();
+cudaError_t attention_prefill_set_attributes();
 
 }  // namespace chatradio::kernels::cuda::detail

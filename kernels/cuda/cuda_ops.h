@@ -29,6 +29,14 @@
 
 namespace chatradio::kernels::cuda {
 
+// ---- device.cu -------------------------------------------------------------------
+// Per-device set-up: opts the kernels that use more than 48 KB of dynamic shared
+// memory (int4_gemm, the tensor-core prefill attention) into it on the current
+// device. Call once per device, before the first launch there; idempotent. A
+// launch on a device that was not prepared fails with cudaErrorInvalidValue.
+// (Done once rather than per launch: ~160 fewer driver calls per prefill step.)
+cudaError_t prepare_device();
+
 // ---- embedding.cu --------------------------------------------------------------
 // out[n_tokens, dim] = table[ids[t], :]; ids (device) must be in [0, vocab): the
 // caller validates, as on the CPU.
@@ -116,19 +124,27 @@ struct Int4Weight {
 //   qweight int32 [k/8, n]: 8 nibbles along k, low bits first;
 //   qzeros  int32 [k/group, n/8]: 8 nibbles along n, stored = zero - 1;
 //   scales  fp16 bits [k/group, n].
+//   g_idx   int32 [k]: input i's group, or null when the checkpoint has none.
 // Writes packed[int4_layout::packed_words(n, k)] and sz[int4_layout::sz_words(n, k, group)].
-// Sequential groups only (no act-order g_idx). Returns cudaErrorInvalidValue for
-// shapes it cannot represent. Touches no device.
+// Sequential groups only: a g_idx other than i / group (act-order, desc_act)
+// cannot be represented and is refused, so the caller must pass what the
+// checkpoint holds. Returns cudaErrorInvalidValue for shapes or a g_idx it
+// cannot represent. Touches no device.
 cudaError_t int4_repack_gptq(uint32_t* packed, uint32_t* sz, const int32_t* qweight, const int32_t* qzeros,
-                             const uint16_t* scales, int k, int n, int group);
+                             const uint16_t* scales, const int32_t* g_idx, int k, int n, int group);
 
-// out[m, n] = x[m, k] · Wᵀ (x contiguous fp16, out fp16). The GEMV (m <= 16,
+// out[m, n] = x[m, k] · Wᵀ (x contiguous fp16; out fp16, or fp32 for logits:
+// the same fp32 accumulators stored without rounding to fp16). The GEMV (m <= 16,
 // decode) streams W with 128-bit loads; the GEMM (any m) runs cp.async-pipelined
 // tiles on mma.sync. Both accumulate every output in the same order, so a row's
 // result is bitwise the same whichever kernel and whatever m computes it.
+// out must be 4-byte (fp16) or 8-byte (fp32) aligned.
 cudaError_t int4_gemv(__half* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream);
+cudaError_t int4_gemv(float* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream);
 cudaError_t int4_gemm(__half* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream);
+cudaError_t int4_gemm(float* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream);
 // Picks the GEMV for m <= int4_layout::kGemvMaxM, else the GEMM.
 cudaError_t int4_matmul(__half* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream);
+cudaError_t int4_matmul(float* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream);
 
 }  // namespace chatradio::kernels::cuda

@@ -111,8 +111,9 @@ __device__ __forceinline__ void compute_stage(float (&acc)[2][4][4], const uint4
   }
 }
 
+template <class OutT>  // __half, or float for fp32 logits
 __global__ void __launch_bounds__(kThreads)
-    int4_gemm_kernel(__half* __restrict__ out,             // [m, n]
+    int4_gemm_kernel(OutT* __restrict__ out,               // [m, n]
                      const __half* __restrict__ x,         // [m, k]
                      const uint32_t* __restrict__ packed,  // our layout
                      const uint32_t* __restrict__ sz,      // [k_pad/group, n]
@@ -165,32 +166,47 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < 4; ++i)
         v[i] = detail::combine_slices(acc[0][mt][nt][i], acc[1][mt][nt][i], acc[2][mt][nt][i], acc[3][mt][nt][i]);
-      if (row < m)
-        *reinterpret_cast<__half2*>(out + static_cast<size_t>(row) * n + col) = __floats2half2_rn(v[0], v[1]);
-      if (row + 8 < m)
-        *reinterpret_cast<__half2*>(out + static_cast<size_t>(row + 8) * n + col) = __floats2half2_rn(v[2], v[3]);
+      if (row < m) detail::store2(out + static_cast<size_t>(row) * n + col, v[0], v[1]);
+      if (row + 8 < m) detail::store2(out + static_cast<size_t>(row + 8) * n + col, v[2], v[3]);
     }
   }
 }
 
-}  // namespace
-
-cudaError_t int4_gemm(__half* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
+template <class OutT>
+cudaError_t gemm(OutT* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
   if (m < 0 || w.n <= 0 || w.n % kUnitN != 0 || w.k <= 0 || !(w.group == 32 || w.group == 64 || w.group == 128) ||
       w.k % w.group != 0 || !detail::aligned16(x) || !detail::aligned16(w.packed) || !detail::aligned16(w.sz) ||
-      (reinterpret_cast<uintptr_t>(out) & 3u) != 0 || detail::div_up(m, kBM) > 65535) {
+      !detail::store2_aligned(out) || detail::div_up(m, kBM) > 65535) {
     return cudaErrorInvalidValue;
   }
   if (m == 0) return cudaSuccess;
-  // > 48 KB of dynamic shared memory needs an explicit opt-in (cheap; per call so
-  // that no global "initialised" state is needed).
-  cudaError_t err =
-      cudaFuncSetAttribute(int4_gemm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes));
-  if (err != cudaSuccess) return err;
+  // kSmemBytes > 48 KB: needs prepare_device() on this device first (else the
+  // launch fails with cudaErrorInvalidValue).
   const dim3 grid(detail::div_up(w.n / kUnitN, kUnitsN), detail::div_up(m, kBM));
   int4_gemm_kernel<<<grid, kThreads, kSmemBytes, stream>>>(out, x, w.packed, w.sz, m, w.n, w.k, n_chunks(w.k),
                                                             w.group);
   return detail::last_launch_error();
 }
+
+}  // namespace
+
+cudaError_t int4_gemm(__half* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
+  return gemm(out, x, w, m, stream);
+}
+cudaError_t int4_gemm(float* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
+  return gemm(out, x, w, m, stream);
+}
+
+namespace detail {
+cudaError_t int4_gemm_set_attributes() {
+  for (cudaError_t e : {cudaFuncSetAttribute(int4_gemm_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(kSmemBytes)),
+                        cudaFuncSetAttribute(int4_gemm_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(kSmemBytes))}) {
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+}  // namespace detail
 
 }  // namespace chatradio::kernels::cuda

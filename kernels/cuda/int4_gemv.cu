@@ -20,8 +20,9 @@ using namespace int4_layout;
 constexpr int kThreads = kSlices * detail::kWarp;  // one warp per slice
 constexpr int kUnroll = 4;                          // W loads in flight per lane
 
+template <class OutT>  // __half, or float for fp32 logits
 __global__ void __launch_bounds__(kThreads)
-    int4_gemv_kernel(__half* __restrict__ out,          // [m, n]
+    int4_gemv_kernel(OutT* __restrict__ out,            // [m, n]
                      const __half* __restrict__ x,      // [m, k]
                      const uint32_t* __restrict__ packed,  // our layout, [n/8][kc][32 lanes][4]
                      const uint32_t* __restrict__ sz,      // [k_pad/group, n]
@@ -73,18 +74,16 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < 4; ++i)
       v[i] = detail::combine_slices(red[0][lane][i], red[1][lane][i], red[2][lane][i], red[3][lane][i]);
     const int oc = un * kUnitN + 2 * t;  // accumulator columns 2t, 2t+1 of the unit
-    if (lo_ok) *reinterpret_cast<__half2*>(out + static_cast<size_t>(g) * n + oc) = __floats2half2_rn(v[0], v[1]);
-    if (hi_ok)
-      *reinterpret_cast<__half2*>(out + static_cast<size_t>(g + 8) * n + oc) = __floats2half2_rn(v[2], v[3]);
+    if (lo_ok) detail::store2(out + static_cast<size_t>(g) * n + oc, v[0], v[1]);
+    if (hi_ok) detail::store2(out + static_cast<size_t>(g + 8) * n + oc, v[2], v[3]);
   }
 }
 
-}  // namespace
-
-cudaError_t int4_gemv(__half* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
+template <class OutT>
+cudaError_t gemv(OutT* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
   if (m < 0 || m > kGemvMaxM || w.n <= 0 || w.n % kUnitN != 0 || w.k <= 0 ||
       !(w.group == 32 || w.group == 64 || w.group == 128) || w.k % w.group != 0 || !detail::aligned16(x) ||
-      !detail::aligned16(w.packed) || (reinterpret_cast<uintptr_t>(out) & 3u) != 0) {
+      !detail::aligned16(w.packed) || !detail::store2_aligned(out)) {
     return cudaErrorInvalidValue;
   }
   if (m == 0) return cudaSuccess;
@@ -93,7 +92,19 @@ cudaError_t int4_gemv(__half* out, const __half* x, const Int4Weight& w, int m, 
   return detail::last_launch_error();
 }
 
+}  // namespace
+
+cudaError_t int4_gemv(__half* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
+  return gemv(out, x, w, m, stream);
+}
+cudaError_t int4_gemv(float* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
+  return gemv(out, x, w, m, stream);
+}
+
 cudaError_t int4_matmul(__half* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
+  return m <= kGemvMaxM ? int4_gemv(out, x, w, m, stream) : int4_gemm(out, x, w, m, stream);
+}
+cudaError_t int4_matmul(float* out, const __half* x, const Int4Weight& w, int m, cudaStream_t stream) {
   return m <= kGemvMaxM ? int4_gemv(out, x, w, m, stream) : int4_gemm(out, x, w, m, stream);
 }
 

@@ -7,11 +7,18 @@
 namespace chatradio::kernels::cuda {
 
 cudaError_t int4_repack_gptq(uint32_t* packed, uint32_t* sz, const int32_t* qweight, const int32_t* qzeros,
-                             const uint16_t* scales, int k, int n, int group) {
+                             const uint16_t* scales, const int32_t* g_idx, int k, int n, int group) {
   using namespace int4_layout;
   if (packed == nullptr || sz == nullptr || qweight == nullptr || qzeros == nullptr || scales == nullptr ||
       k <= 0 || n <= 0 || n % 8 != 0 || !(group == 32 || group == 64 || group == 128) || k % group != 0) {
     return cudaErrorInvalidValue;
+  }
+  // The layout indexes scales by i / group: any other g_idx (act-order) would be
+  // dequantised with the wrong scales, silently.
+  if (g_idx != nullptr) {
+    for (int i = 0; i < k; ++i) {
+      if (g_idx[i] != i / group) return cudaErrorInvalidValue;
+    }
   }
   const int kc_count = n_chunks(k);
   const int n_units = n / kUnitN;

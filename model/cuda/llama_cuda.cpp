@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <span>
 #include <string>
 #include <utility>
@@ -203,23 +204,33 @@ struct CudaLlama::Impl {
   __half* gate_up = nullptr;  // [T, 2·ff_dev]
   __half* act = nullptr;      // [T, ff_dev] silu(gate)·up
   __half* last = nullptr;     // [R, hidden] normed rows that get logits
-  __half* logits16 = nullptr; // [R, vocab_dev]
-  float* logits32 = nullptr;  // [R, vocab]
+  float* logits = nullptr;    // [R, vocab_dev] fp32, straight from the lm_head GEMM
   void* attn_ws = nullptr;    // attention_workspace_bytes(shape, max_seqs, max_blocks·block_size)
   size_t attn_ws_bytes = 0;
 
   // Batch arrays (int32): one pinned host block and its device mirror, uploaded
-  // with one copy per step. Offsets in elements; tables last so a step copies a
-  // prefix [0, off_tables + n_seqs·max_blocks).
+  // with one copy per step (flatten_batch, CudaBatchLayout).
   int32_t* meta_host = nullptr;
   int32_t* meta_dev = nullptr;
-  size_t off_positions = 0, off_slots = 0, off_rows = 0, off_q_start = 0, off_ctx = 0, off_tables = 0;
+  CudaBatchLayout at;
   int max_rows = 0;        // R
+  int block_size = 0;      // KV tokens per block
   int max_blocks_cap = 0;  // table columns: ceil(max_position_embeddings / block_size)
+  int graph_cap = 0;       // the largest decode batch a graph serves: min(max_seqs, T, R)
+
+  // Decode graphs by padded batch size, captured at first use. Their kernels'
+  // arguments are the fixed buffers above; the batch's values reach them
+  // through meta_dev, uploaded before each replay.
+  struct DecodeGraph {
+    cudaGraphExec_t exec = nullptr;
+    int nodes = 0;  // kernels per step (docs, benchmarks)
+  };
+  std::map<int, DecodeGraph> graphs;
 
   ~Impl() {
     cudaSetDevice(device);  // frees below must address this backend's device
     if (stream != nullptr) cudaStreamSynchronize(stream);
+    for (const auto& [size, g] : graphs) cudaGraphExecDestroy(g.exec);
     if (meta_host != nullptr) cudaFreeHost(meta_host);
     mem.clear();
     if (stream != nullptr) cudaStreamDestroy(stream);
@@ -232,9 +243,16 @@ struct CudaLlama::Impl {
     return static_cast<T*>(mem.back().get());
   }
 
+  // Weights travel on the backend's own stream, so they are ordered with every
+  // later step (a legacy-stream cudaMemcpy is not ordered with a non-blocking
+  // stream), and the copy is waited for, so the host buffer may go at once.
+  void upload_bytes(void* dst, const void* src, size_t bytes, const char* what) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream), what);
+    check(cudaStreamSynchronize(stream), what);
+  }
   const __half* upload_half(std::span<const uint16_t> host, const std::string& what) {
     __half* d = alloc<__half>(host.size(), what, &weight_bytes);
-    check(cudaMemcpy(d, host.data(), host.size() * sizeof(uint16_t), cudaMemcpyHostToDevice), "cudaMemcpy weights");
+    upload_bytes(d, host.data(), host.size() * sizeof(uint16_t), "cudaMemcpyAsync weights");
     return d;
   }
   const __half* upload_norm(const std::vector<float>& w, const std::string& what) {
@@ -258,16 +276,15 @@ struct CudaLlama::Impl {
     const GptqShape& s = t.shape;
     std::vector<uint32_t> packed(int4_layout::packed_words(s.out, s.in));  // our layout
     std::vector<uint32_t> sz(int4_layout::sz_words(s.out, s.in, s.group));  // [k_pad/group, n]
-    if (kc::int4_repack_gptq(packed.data(), sz.data(), t.qweight.data(), t.qzeros.data(), t.scales.data(), s.in,
-                             s.out, s.group) != cudaSuccess) {
+    if (kc::int4_repack_gptq(packed.data(), sz.data(), t.qweight.data(), t.qzeros.data(), t.scales.data(),
+                             t.g_idx.empty() ? nullptr : t.g_idx.data(), s.in, s.out, s.group) != cudaSuccess) {
       throw ModelError("CudaLlama: " + what + ": int4 repack rejected [" + std::to_string(s.out) + ", " +
-                       std::to_string(s.in) + "] with groups of " + std::to_string(s.group));
+                       std::to_string(s.in) + "] with groups of " + std::to_string(s.group) +
+                       (t.g_idx.empty() ? "" : " (or an act-order g_idx)"));
     }
     kc::Int4Weight w = alloc_int4(s.out, s.in, s.group, what);
-    check(cudaMemcpy(const_cast<uint32_t*>(w.packed), packed.data(), packed.size() * 4, cudaMemcpyHostToDevice),
-          "cudaMemcpy int4 weights");
-    check(cudaMemcpy(const_cast<uint32_t*>(w.sz), sz.data(), sz.size() * 4, cudaMemcpyHostToDevice),
-          "cudaMemcpy int4 scales");
+    upload_bytes(const_cast<uint32_t*>(w.packed), packed.data(), packed.size() * 4, "cudaMemcpyAsync int4 weights");
+    upload_bytes(const_cast<uint32_t*>(w.sz), sz.data(), sz.size() * 4, "cudaMemcpyAsync int4 scales");
     return w;
   }
 
@@ -283,6 +300,13 @@ struct CudaLlama::Impl {
   void upload(const LlamaConfig& cfg, LlamaWeights& w);
   void fill_synthetic(const LlamaConfig& cfg, uint64_t seed);
   void allocate_runtime(const LlamaConfig& cfg, const CudaBackendOptions& opts);
+
+  // Enqueues one step whose arrays are in meta_dev (launch shape `s`) on the
+  // stream: embedding, the layers, lm_head into `logits`. Kernels only, so it
+  // can be captured into a graph.
+  void enqueue_step(const LlamaConfig& cfg, const CudaStepShape& s);
+  // The instantiated graph of a decode step padded to `size` sequences.
+  const DecodeGraph& decode_graph(const LlamaConfig& cfg, int size);
 };
 
 namespace {
@@ -396,6 +420,7 @@ void CudaLlama::Impl::allocate_runtime(const LlamaConfig& cfg, const CudaBackend
   const size_t T = opts.max_tokens, S = opts.max_seqs;
   max_rows = opts.max_logit_rows > 0 ? std::min(opts.max_logit_rows, opts.max_tokens) : opts.max_tokens;
   const size_t R = max_rows;
+  block_size = opts.kv_block_size;
   max_blocks_cap = (cfg.max_position_embeddings + opts.kv_block_size - 1) / opts.kv_block_size;
 
   block_elems = static_cast<size_t>(opts.kv_block_size) * kvd;
@@ -412,20 +437,15 @@ void CudaLlama::Impl::allocate_runtime(const LlamaConfig& cfg, const CudaBackend
   gate_up = alloc<__half>(T * 2 * ff_dev, "gate_up", &buffer_bytes);
   act = alloc<__half>(T * ff_dev, "act", &buffer_bytes);
   last = alloc<__half>(R * d, "last", &buffer_bytes);
-  logits16 = alloc<__half>(R * vocab_dev, "logits16", &buffer_bytes);
-  logits32 = alloc<float>(R * cfg.vocab_size, "logits32", &buffer_bytes);
+  logits = alloc<float>(R * vocab_dev, "logits", &buffer_bytes);
   const kernels::AttnShape shape{cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim(),
                                  opts.kv_block_size};
   attn_ws_bytes = kc::attention_workspace_bytes(shape, opts.max_seqs, max_blocks_cap * opts.kv_block_size);
   attn_ws = alloc<unsigned char>(attn_ws_bytes, "attention workspace", &buffer_bytes);
 
-  off_positions = T;
-  off_slots = 2 * T;
-  off_rows = 3 * T;
-  off_q_start = 3 * T + R;
-  off_ctx = off_q_start + S + 1;
-  off_tables = off_ctx + S;
-  const size_t meta = off_tables + S * max_blocks_cap;  // int32 elements
+  graph_cap = std::min({opts.max_seqs, opts.max_tokens, max_rows});
+  at = CudaBatchLayout::make(opts.max_tokens, max_rows, opts.max_seqs);
+  const size_t meta = at.tables + S * max_blocks_cap;  // int32 elements
   meta_dev = alloc<int32_t>(meta, "batch arrays", &buffer_bytes);
   check(cudaMallocHost(reinterpret_cast<void**>(&meta_host), meta * sizeof(int32_t)), "cudaMallocHost batch arrays");
   check(cudaStreamSynchronize(stream), "allocate (synchronize)");
@@ -462,6 +482,7 @@ CudaLlama::CudaLlama(LlamaConfig cfg, const CudaBackendOptions& opts) : cfg_(cfg
   impl_->device = opts_.device;
   check(cudaSetDevice(opts_.device), "cudaSetDevice");
   check(cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  check(kc::prepare_device(), "prepare_device");
 }
 
 CudaLlama::CudaLlama(LlamaConfig cfg, LlamaWeights weights, const CudaBackendOptions& opts) : CudaLlama(cfg, opts) {
@@ -517,90 +538,191 @@ void CudaLlama::forward(std::span<float> logits, const Batch& batch) {
   validate(batch, logits.size());
   Impl& m = *impl_;
   check(cudaSetDevice(m.device), "cudaSetDevice");  // the calling thread may not be the constructing one
-  cudaStream_t st = m.stream;
-  const int d = cfg_.hidden_size, kvd = cfg_.kv_dim(), vocab = cfg_.vocab_size;
-  const int n = batch.n_tokens(), n_seqs = static_cast<int>(batch.seqs.size()), rows = batch.n_logit_rows();
-  const int bs = opts_.kv_block_size;
-  const float eps = cfg_.rms_norm_eps;
-
-  // Flatten the batch into the pinned block (the previous step's upload has
-  // completed: forward ends with a stream synchronize).
-  int32_t* tokens = m.meta_host;                    // [n]
-  int32_t* positions = m.meta_host + m.off_positions;  // [n]
-  int32_t* slots = m.meta_host + m.off_slots;       // [n] block · block_size + offset
-  int32_t* row_ids = m.meta_host + m.off_rows;      // [rows] token rows that get logits
-  int32_t* q_start = m.meta_host + m.off_q_start;   // [n_seqs + 1]
-  int32_t* ctx_len = m.meta_host + m.off_ctx;       // [n_seqs]
-  int32_t* tables = m.meta_host + m.off_tables;     // [n_seqs, max_blocks]
-  int max_blocks = 1, max_q = 0, max_ctx = 0;
-  for (const SeqSlice& s : batch.seqs) {
-    const int end = s.start_pos + static_cast<int>(s.tokens.size());
-    max_blocks = std::max(max_blocks, (end + bs - 1) / bs);  // only the blocks the step can touch
-    max_q = std::max(max_q, static_cast<int>(s.tokens.size()));
-    max_ctx = std::max(max_ctx, end);
-  }
-  int row = 0, out_row = 0;
-  for (int i = 0; i < n_seqs; ++i) {
-    const SeqSlice& s = batch.seqs[i];
-    q_start[i] = row;
-    for (size_t j = 0; j < s.tokens.size(); ++j, ++row) {
-      const int pos = s.start_pos + static_cast<int>(j);
-      tokens[row] = s.tokens[j];
-      positions[row] = pos;
-      slots[row] = s.blocks[pos / bs] * bs + pos % bs;
-      if (s.all_logits || j + 1 == s.tokens.size()) row_ids[out_row++] = row;
+  bool decode = opts_.cuda_graphs;
+  for (const SeqSlice& sq : batch.seqs) decode = decode && sq.tokens.size() == 1;
+  const int n_seqs = static_cast<int>(batch.seqs.size());
+  // The previous step's upload has completed (forward ends with a stream
+  // synchronize, also on failure), so the pinned block may be rewritten.
+  const CudaStepShape s =
+      decode ? flatten_batch(m.meta_host, m.at, batch, opts_.kv_block_size, m.max_blocks_cap,
+                             cuda_graph_batch(n_seqs, m.graph_cap))
+             : flatten_batch(m.meta_host, m.at, batch, opts_.kv_block_size, 0, 0);
+  try {
+    const cudaGraphExec_t graph = decode ? m.decode_graph(cfg_, s.n_seqs).exec : nullptr;  // captured at first use
+    check(cudaMemcpyAsync(m.meta_dev, m.meta_host, s.elems * sizeof(int32_t), cudaMemcpyHostToDevice, m.stream),
+          "cudaMemcpyAsync batch arrays");
+    if (decode) {
+      check(cudaGraphLaunch(graph, m.stream), "cudaGraphLaunch decode");
+    } else {
+      m.enqueue_step(cfg_, s);
     }
-    ctx_len[i] = s.start_pos + static_cast<int>(s.tokens.size());
-    const int used = (ctx_len[i] + bs - 1) / bs;
-    int32_t* trow = tables + static_cast<size_t>(i) * max_blocks;
-    std::copy_n(s.blocks.begin(), used, trow);
-    std::fill(trow + used, trow + max_blocks, 0);
+    // Real rows only: they come first, padding rows after them.
+    const int vocab = cfg_.vocab_size, rows = batch.n_logit_rows();
+    check(cudaMemcpy2DAsync(logits.data(), vocab * sizeof(float), m.logits, m.vocab_dev * sizeof(float),
+                            vocab * sizeof(float), rows, cudaMemcpyDeviceToHost, m.stream),
+          "cudaMemcpy2DAsync logits");
+    check(cudaStreamSynchronize(m.stream), "forward (cudaStreamSynchronize)");
+  } catch (...) {
+    // Work queued before the failure may still read the pinned batch block,
+    // which the next forward rewrites: let it drain (its own error, if any, is
+    // the one already being reported).
+    cudaStreamSynchronize(m.stream);
+    cudaGetLastError();
+    throw;
   }
-  q_start[n_seqs] = row;
-  const size_t meta_elems = m.off_tables + static_cast<size_t>(n_seqs) * max_blocks;
-  check(cudaMemcpyAsync(m.meta_dev, m.meta_host, meta_elems * sizeof(int32_t), cudaMemcpyHostToDevice, st),
-        "cudaMemcpyAsync batch arrays");
-  const int32_t* d_tokens = m.meta_dev;
-  const int32_t* d_positions = m.meta_dev + m.off_positions;
-  const int32_t* d_slots = m.meta_dev + m.off_slots;
-  const int32_t* d_rows = m.meta_dev + m.off_rows;
-  const kernels::PagedBatch paged{n_seqs, m.meta_dev + m.off_q_start, m.meta_dev + m.off_ctx,
-                                  m.meta_dev + m.off_tables, max_blocks};
-  const kc::AttnDims dims{n, max_q, max_ctx};
-  const kernels::AttnShape shape{cfg_.num_attention_heads, cfg_.num_key_value_heads, cfg_.head_dim(), bs};
-  const kernels::RopeParams rope{cfg_.head_dim(), cfg_.rope_theta};
+}
+
+int CudaLlama::decode_step_kernels(int n_seqs) {
+  if (n_seqs < 1 || n_seqs > impl_->graph_cap) {
+    throw ModelError("decode_step_kernels: " + std::to_string(n_seqs) + " sequences outside [1, " +
+                     std::to_string(impl_->graph_cap) + "]");
+  }
+  check(cudaSetDevice(impl_->device), "cudaSetDevice");
+  return impl_->decode_graph(cfg_, cuda_graph_batch(n_seqs, impl_->graph_cap)).nodes;
+}
+
+void CudaLlama::Impl::enqueue_step(const LlamaConfig& cfg, const CudaStepShape& s) {
+  const int d = cfg.hidden_size, kvd = cfg.kv_dim(), n = s.n_tokens;
+  const float eps = cfg.rms_norm_eps;
+  const int32_t* d_tokens = meta_dev;
+  const int32_t* d_positions = meta_dev + at.positions;
+  const int32_t* d_slots = meta_dev + at.slots;
+  const int32_t* d_rows = meta_dev + at.rows;
+  const kernels::PagedBatch paged{s.n_seqs, meta_dev + at.q_start, meta_dev + at.ctx, meta_dev + at.tables,
+                                  s.table_stride};
+  const kc::AttnDims dims{n, s.max_q_len, s.max_ctx};
+  const kernels::AttnShape shape{cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim(), block_size};
+  const kernels::RopeParams rope{cfg.head_dim(), cfg.rope_theta};
   const int64_t qkv_ld = d + 2 * kvd;  // fused QKV row: [q | k | v]
 
-  check(kc::embedding(m.x, m.embed, d_tokens, n, d, st), "embedding");
-  check(kc::rmsnorm(m.h, m.x, m.layers[0].attn_norm, n, d, eps, st), "rmsnorm", 0);
-  const int n_layers = static_cast<int>(m.layers.size());
+  check(kc::embedding(x, embed, d_tokens, n, d, stream), "embedding");
+  check(kc::rmsnorm(h, x, layers[0].attn_norm, n, d, eps, stream), "rmsnorm", 0);
+  const int n_layers = static_cast<int>(layers.size());
   for (int l = 0; l < n_layers; ++l) {
-    const Impl::Layer& L = m.layers[l];
-    __half* k_cache = m.kv + (2 * static_cast<size_t>(l)) * m.pool_elems;  // [n_blocks, bs, n_kv_heads, hd]
-    __half* v_cache = k_cache + m.pool_elems;
-    check(kc::int4_matmul(m.qkv, m.h, L.qkv, n, st), "int4_matmul qkv", l);
-    check(kc::rope_kv_write(m.qkv, k_cache, v_cache, m.qkv + d, m.qkv + d + kvd, d_positions, d_slots, n, qkv_ld,
-                            qkv_ld, shape, rope, st),
+    const Layer& L = layers[l];
+    __half* k_cache = kv + (2 * static_cast<size_t>(l)) * pool_elems;  // [n_blocks, bs, n_kv_heads, hd]
+    __half* v_cache = k_cache + pool_elems;
+    check(kc::int4_matmul(qkv, h, L.qkv, n, stream), "int4_matmul qkv", l);
+    check(kc::rope_kv_write(qkv, k_cache, v_cache, qkv + d, qkv + d + kvd, d_positions, d_slots, n, qkv_ld, qkv_ld,
+                            shape, rope, stream),
           "rope_kv_write", l);
-    check(kc::attention(m.att, m.qkv, qkv_ld, k_cache, v_cache, paged, shape, dims, m.attn_ws, m.attn_ws_bytes, st),
+    check(kc::attention(att, qkv, qkv_ld, k_cache, v_cache, paged, shape, dims, attn_ws, attn_ws_bytes, stream),
           "attention", l);
-    check(kc::int4_matmul(m.h, m.att, L.o, n, st), "int4_matmul o", l);
-    check(kc::add_rmsnorm(m.h, m.x, m.h, L.ffn_norm, n, d, eps, st), "add_rmsnorm attn", l);
-    check(kc::int4_matmul(m.gate_up, m.h, L.gate_up, n, st), "int4_matmul gate_up", l);
-    check(kc::swiglu_fused(m.act, m.gate_up, n, m.ff_dev, st), "swiglu_fused", l);
-    check(kc::int4_matmul(m.h, m.act, L.down, n, st), "int4_matmul down", l);
+    check(kc::int4_matmul(h, att, L.o, n, stream), "int4_matmul o", l);
+    check(kc::add_rmsnorm(h, x, h, L.ffn_norm, n, d, eps, stream), "add_rmsnorm attn", l);
+    check(kc::int4_matmul(gate_up, h, L.gate_up, n, stream), "int4_matmul gate_up", l);
+    check(kc::swiglu_fused(act, gate_up, n, ff_dev, stream), "swiglu_fused", l);
+    check(kc::int4_matmul(h, act, L.down, n, stream), "int4_matmul down", l);
     // x += down; h = norm(x) with the next layer's input norm, or the final norm.
-    const __half* next_norm = l + 1 < n_layers ? m.layers[l + 1].attn_norm : m.final_norm;
-    check(kc::add_rmsnorm(m.h, m.x, m.h, next_norm, n, d, eps, st), "add_rmsnorm ffn", l);
+    const __half* next_norm = l + 1 < n_layers ? layers[l + 1].attn_norm : final_norm;
+    check(kc::add_rmsnorm(h, x, h, next_norm, n, d, eps, stream), "add_rmsnorm ffn", l);
   }
-  // Only the rows that need logits go through lm_head (a gather of h's rows).
-  check(kc::embedding(m.last, m.h, d_rows, rows, d, st), "gather logit rows");
-  check(kc::int4_matmul(m.logits16, m.last, m.lm_head, rows, st), "int4_matmul lm_head");
-  check(cuda_detail::logits_to_f32(m.logits32, m.logits16, rows, vocab, m.vocab_dev, st), "logits_to_f32");
-  check(cudaMemcpyAsync(logits.data(), m.logits32, static_cast<size_t>(rows) * vocab * sizeof(float),
-                        cudaMemcpyDeviceToHost, st),
-        "cudaMemcpyAsync logits");
-  check(cudaStreamSynchronize(st), "forward (cudaStreamSynchronize)");
+  // Only the rows that need logits go through lm_head (a gather of h's rows),
+  // which writes fp32: fp16 logits would flip near-tie greedy choices.
+  check(kc::embedding(last, h, d_rows, s.n_rows, d, stream), "gather logit rows");
+  check(kc::int4_matmul(logits, last, lm_head, s.n_rows, stream), "int4_matmul lm_head");
+}
+
+const CudaLlama::Impl::DecodeGraph& CudaLlama::Impl::decode_graph(const LlamaConfig& cfg, int size) {
+  if (const auto it = graphs.find(size); it != graphs.end()) return it->second;
+  // The launch shape of every decode step padded to `size` (flatten_batch's
+  // graph form): only the sizes matter here, not the values.
+  CudaStepShape s;
+  s.n_tokens = s.n_seqs = s.n_rows = size;
+  s.table_stride = max_blocks_cap;
+  s.max_q_len = 1;
+  s.max_ctx = max_blocks_cap * block_size;
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  cudaGraph_t graph = nullptr;
+  try {
+    enqueue_step(cfg, s);
+  } catch (const ModelError&) {
+    cudaStreamEndCapture(stream, &graph);  // leaves capture mode; the partial graph is dropped
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    throw;
+  }
+  check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  DecodeGraph g;
+  size_t nodes = 0;
+  cudaError_t e = cudaGraphGetNodes(graph, nullptr, &nodes);
+  if (e == cudaSuccess) e = cudaGraphInstantiate(&g.exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check(e, "cudaGraphInstantiate");
+  g.nodes = static_cast<int>(nodes);
+  return graphs.emplace(size, g).first->second;
+}
+
+// ---- per-step batch arrays ---------------------------------------------------------
+
+CudaBatchLayout CudaBatchLayout::make(int max_tokens, int max_rows, int max_seqs) {
+  const size_t T = max_tokens, R = max_rows, S = max_seqs;
+  CudaBatchLayout at;
+  at.positions = T;  // tokens at 0
+  at.slots = 2 * T;
+  at.rows = 3 * T;
+  at.q_start = 3 * T + R;
+  at.ctx = at.q_start + S + 1;
+  at.tables = at.ctx + S;
+  return at;
+}
+
+CudaStepShape flatten_batch(int32_t* meta, const CudaBatchLayout& at, const Batch& batch, int block_size,
+                            int table_stride, int pad_to) {
+  int32_t* tokens = meta;                    // [n]
+  int32_t* positions = meta + at.positions;  // [n]
+  int32_t* slots = meta + at.slots;          // [n] block · block_size + offset
+  int32_t* row_ids = meta + at.rows;         // [rows] token rows that get logits
+  int32_t* q_start = meta + at.q_start;      // [n_seqs + 1]
+  int32_t* ctx_len = meta + at.ctx;          // [n_seqs]
+  int32_t* tables = meta + at.tables;        // [n_seqs, table_stride]
+  const int n_real = static_cast<int>(batch.seqs.size());
+  CudaStepShape s;
+  s.n_seqs = std::max(n_real, pad_to);
+  int max_blocks = 1;
+  for (const SeqSlice& sq : batch.seqs) {
+    const int end = sq.start_pos + static_cast<int>(sq.tokens.size());
+    max_blocks = std::max(max_blocks, (end + block_size - 1) / block_size);  // the blocks the step can touch
+    s.max_q_len = std::max(s.max_q_len, static_cast<int>(sq.tokens.size()));
+    s.max_ctx = std::max(s.max_ctx, end);
+  }
+  s.table_stride = pad_to > 0 ? table_stride : max_blocks;
+  if (pad_to > 0) s.max_ctx = table_stride * block_size;  // the grid must not depend on the batch
+  int row = 0;
+  for (int i = 0; i < n_real; ++i) {
+    const SeqSlice& sq = batch.seqs[i];
+    q_start[i] = row;
+    for (size_t j = 0; j < sq.tokens.size(); ++j, ++row) {
+      const int pos = sq.start_pos + static_cast<int>(j);
+      tokens[row] = sq.tokens[j];
+      positions[row] = pos;
+      slots[row] = sq.blocks[pos / block_size] * block_size + pos % block_size;
+      if (sq.all_logits || j + 1 == sq.tokens.size()) row_ids[s.n_rows++] = row;
+    }
+    ctx_len[i] = sq.start_pos + static_cast<int>(sq.tokens.size());
+    const int used = (ctx_len[i] + block_size - 1) / block_size;
+    int32_t* trow = tables + static_cast<size_t>(i) * s.table_stride;
+    std::copy_n(sq.blocks.begin(), used, trow);
+    std::fill(trow + used, trow + s.table_stride, 0);
+  }
+  s.n_tokens = row;
+  for (int i = n_real; i < s.n_seqs; ++i, ++s.n_tokens) {  // padding: one empty sequence, one inert row each
+    q_start[i] = row;
+    ctx_len[i] = 0;
+    std::fill_n(tables + static_cast<size_t>(i) * s.table_stride, s.table_stride, 0);
+    tokens[s.n_tokens] = 0;
+    positions[s.n_tokens] = 0;
+    slots[s.n_tokens] = -1;
+    row_ids[s.n_rows++] = s.n_tokens;
+  }
+  q_start[s.n_seqs] = row;
+  s.elems = at.tables + static_cast<size_t>(s.n_seqs) * s.table_stride;
+  return s;
+}
+
+int cuda_graph_batch(int n_seqs, int cap) {
+  int p = 1;
+  while (p < n_seqs) p *= 2;
+  return std::min(p, cap);
 }
 
 void CudaLlama::copy_kv_block(int dst, int src) {

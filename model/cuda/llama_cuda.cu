@@ -1,21 +1,11 @@
-// Device helpers of CudaLlama (llama_cuda_kernels.h): the fp16 → fp32 logits
-// copy and the random fills of CudaLlama::synthetic. The model's math lives in
-// kernels/cuda; nothing here touches activations besides the logits copy.
+// Device helpers of CudaLlama (llama_cuda_kernels.h): the random fills of
+// CudaLlama::synthetic. The model's math lives in kernels/cuda.
 #include "model/cuda/llama_cuda_kernels.h"
 
 namespace chatradio::model::cuda_detail {
 namespace {
 
 constexpr int kThreads = 256;
-
-// One block per row; consecutive threads take consecutive columns (coalesced
-// 2-byte loads, 4-byte stores). Pure conversion: no ordering concerns.
-__global__ void logits_to_f32_kernel(float* __restrict__ out,        // [rows, vocab]
-                                     const __half* __restrict__ in,  // [rows, ld]
-                                     int vocab, int ld) {
-  const int64_t r = blockIdx.x;
-  for (int c = threadIdx.x; c < vocab; c += blockDim.x) out[r * vocab + c] = __half2float(in[r * ld + c]);
-}
 
 // splitmix64 of (seed, index): a counter-based generator, so the values depend
 // only on the element's index and the seed, never on the grid.
@@ -56,13 +46,6 @@ int fill_blocks(size_t n) {
 }
 
 }  // namespace
-
-cudaError_t logits_to_f32(float* out, const __half* in, int rows, int vocab, int ld, cudaStream_t stream) {
-  if (rows < 0 || vocab <= 0 || ld < vocab) return cudaErrorInvalidValue;
-  if (rows == 0) return cudaSuccess;
-  logits_to_f32_kernel<<<rows, kThreads, 0, stream>>>(out, in, vocab, ld);
-  return cudaGetLastError();
-}
 
 cudaError_t fill_random_u32(uint32_t* p, size_t n, uint64_t seed, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;

@@ -30,6 +30,10 @@ struct CudaBackendOptions {
   int max_seqs = 64;        // sequences per step
   int max_logit_rows = 0;   // logit rows per step; 0: max_tokens (all_logits scoring)
   int device = 0;           // CUDA device ordinal
+  // Pure-decode steps (one new token per sequence) replay a CUDA graph captured
+  // once per padded batch size (cuda_graph_batch) instead of ~330 launches;
+  // false runs every step eagerly (the reference: both give the same bits).
+  bool cuda_graphs = true;
 };
 
 class CudaLlama final : public Backend {
@@ -64,8 +68,9 @@ class CudaLlama final : public Backend {
   int kv_block_size() const override { return opts_.kv_block_size; }
   // As CpuLlama::forward (same validation and messages): logits[rows, vocab]
   // float32 in host memory. Synchronous: returns once the logits are copied.
-  // CUDA failures throw ModelError "CudaLlama: <op>: <cudaGetErrorString>";
-  // after one, the KV cache contents are undefined.
+  // CUDA failures throw ModelError "CudaLlama: <op>: <cudaGetErrorString>"
+  // once the work already queued has drained; after one, the KV cache contents
+  // are undefined.
   void forward(std::span<float> logits, const Batch& batch) override;
   // Enqueued on the backend's stream (ordered with forward); errors of the
   // copy itself surface at the next forward.
@@ -75,6 +80,10 @@ class CudaLlama final : public Backend {
   size_t weight_bytes() const;  // device bytes of weights (int4 + scales, embedding, norms)
   size_t kv_bytes() const;      // device bytes of the KV pool
   size_t buffer_bytes() const;  // device bytes of activations and workspaces
+  // Kernels of a pure-decode step of n_seqs sequences: the nodes of its CUDA
+  // graph (captured now if it was not, whatever cuda_graphs says), which are
+  // exactly the launches the eager path makes. For benchmarks.
+  int decode_step_kernels(int n_seqs);
 
  private:
   struct Impl;
@@ -85,6 +94,45 @@ class CudaLlama final : public Backend {
   CudaBackendOptions opts_;
   std::unique_ptr<Impl> impl_;
 };
+
+// ---- the per-step batch arrays (host side; public for tests, no GPU involved) -----
+
+// Offsets (int32 elements) of the arrays in the block one step uploads; the
+// block tables come last so a step copies only a prefix.
+struct CudaBatchLayout {
+  size_t positions = 0, slots = 0, rows = 0, q_start = 0, ctx = 0, tables = 0;
+  // For up to max_tokens token rows, max_rows logit rows, max_seqs sequences.
+  static CudaBatchLayout make(int max_tokens, int max_rows, int max_seqs);
+};
+
+// What flatten_batch wrote, i.e. the launch shape of the step.
+struct CudaStepShape {
+  int n_tokens = 0;      // token rows, padding included
+  int n_seqs = 0;        // sequences, padding included
+  int n_rows = 0;        // logit rows, padding included
+  int table_stride = 0;  // block table columns
+  int max_q_len = 0;     // >= every sequence's new-token count
+  int max_ctx = 0;       // >= every ctx_len
+  size_t elems = 0;      // int32 elements of the block to upload
+};
+
+// Writes the batch's arrays into meta (layout `at`): tokens, positions, KV
+// slots (block · block_size + offset), logit row ids, q_start, ctx_len and the
+// block tables. pad_to == 0: an eager step, tables with just the columns the
+// step touches. pad_to >= n_seqs (a pure-decode batch): the step of a CUDA
+// graph, padded to pad_to sequences with `table_stride` columns and max_ctx
+// table_stride · block_size, so the kernels' grids depend on pad_to only.
+// Padding sequences have no new token (q_start repeats the real row count,
+// ctx_len 0); padding token rows hold token 0 at position 0 with slot −1 (the
+// KV write skips them) and are their own logit rows. Every kernel computes a
+// row alone, so the real rows come out bitwise as in the unpadded step.
+CudaStepShape flatten_batch(int32_t* meta, const CudaBatchLayout& at, const Batch& batch, int block_size,
+                            int table_stride, int pad_to);
+
+// The padded batch size whose graph serves a decode step of n_seqs sequences:
+// the next power of two, or `cap` (the most sequences a step may have) above
+// the largest power of two <= cap. n_seqs must be in [1, cap].
+int cuda_graph_batch(int n_seqs, int cap);
 
 // ---- host-side weight conversion (public for tests; no GPU involved) -----------
 

@@ -12,11 +12,6 @@
 
 namespace chatradio::model::cuda_detail {
 
-// out[rows, vocab] (fp32) = in[rows, 0..vocab) (fp16, row stride ld >= vocab):
-// the lm_head GEMM writes fp16 rows padded to a multiple of 8 outputs; the
-// Backend contract is fp32 logits. Exact (every fp16 value is a float).
-cudaError_t logits_to_f32(float* out, const __half* in, int rows, int vocab, int ld, cudaStream_t stream);
-
 // Synthetic weights (CudaLlama::synthetic), a counter-based hash of (seed, index)
 // so the contents do not depend on the launch shape:
 // p[n] = random 32-bit words (any word is 8 valid int4 nibbles).

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/cuda_ops.h"
+
 namespace chatradio::gpu_test {
 
 // ---- fp16 on the host (IEEE binary16, round to nearest even) -------------------
@@ -174,6 +176,7 @@ class GpuTest : public ::testing::Test {
                    << (e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount returned 0");
     }
     CR_CUDA(cudaStreamCreate(&stream_));
+    CR_CUDA(kernels::cuda::prepare_device());  // what every owner of a device does once (cuda_ops.h)
   }
   void TearDown() override {
     if (stream_ != nullptr) cudaStreamDestroy(stream_);

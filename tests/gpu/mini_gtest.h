@@ -1,7 +1,8 @@
 // A minimal stand-in for the part of GoogleTest that tests/gpu uses, for the
 // stand-alone device build (bench/gpu/standalone) on machines without GTest.
 // Supports TEST, TEST_F (SetUp/TearDown), EXPECT_/ASSERT_ {TRUE, FALSE, EQ, NE,
-// LT, LE, GT, GE, NEAR}, GTEST_SKIP, SCOPED_TRACE-free messages via <<, and
+// LT, LE, GT, GE, NEAR} (each operand evaluated once, failure or not), GTEST_SKIP,
+// SCOPED_TRACE-free messages via <<, and
 // --gtest_filter (simplified, see matches()) / --gtest_output=json:PATH (a small JSON summary in
 // its own format, not GoogleTest's). Exceptions fail the test.
 #pragma once
@@ -84,11 +85,25 @@ struct Recorder {
   }
 };
 
-template <class A, class B>
-std::string cmp_text(const char* ea, const char* eb, const A& a, const B& b, const char* op) {
+// The outcome of one check, its operands evaluated exactly once (as in
+// GoogleTest): the failure text is built from the values already computed.
+struct Result {
+  bool ok = true;
+  std::string text;
+};
+inline Result bool_result(bool ok, const char* text) { return {ok, ok ? std::string() : std::string(text)}; }
+template <class A, class B, class Op>
+Result cmp_result(const char* ea, const char* eb, const char* op, const A& a, const B& b, Op pass) {
+  if (pass(a, b)) return {};
   std::ostringstream os;
   os << "expected " << ea << " " << op << " " << eb << ", got " << a << " vs " << b << " ";
-  return os.str();
+  return {false, os.str()};
+}
+inline Result near_result(const char* ea, const char* eb, double a, double b, double tol) {
+  if (std::fabs(a - b) <= tol) return {};
+  std::ostringstream os;
+  os << "expected " << ea << " ~= " << eb << " within " << tol << ", got " << a << " vs " << b << " ";
+  return {false, os.str()};
 }
 
 // GoogleTest-like filter, simplified: ':'-separated patterns, '*' removed, each
@@ -171,19 +186,22 @@ inline int run_all(int argc, char** argv) {
 #define TEST(suite, name) MINI_DEFINE_(suite, name, ::testing::Test)
 #define TEST_F(fixture, name) MINI_DEFINE_(fixture, name, fixture)
 
-#define MINI_CHECK_(cond, fatal, text)                                                                   \
-  if (cond) {                                                                                            \
-  } else                                                                                                 \
-    return ::testing::mini::Recorder{} = ::testing::mini::Message(fatal, __FILE__, __LINE__, text)
-// `<< extra` binds to the Message before the assignment records it (as in GoogleTest).
-#define MINI_EXPECT_(cond, text)                                                                         \
-  if (cond) {                                                                                            \
-  } else                                                                                                 \
-    ::testing::mini::Recorder{} = ::testing::mini::Message(false, __FILE__, __LINE__, text)
+// A check is a one-pass `for` over its failure, not an `if`/`else`: it holds
+// no `else` that could pair with the caller's (`if (c) EXPECT_...(x); else ...`
+// binds as written, without -Wdangling-else), and `<< extra` still binds to the
+// Message before the assignment records it (as in GoogleTest).
+#define MINI_EXPECT_(result)                                                                 \
+  for (::testing::mini::Result mini_r_ = (result); !mini_r_.ok; mini_r_.ok = true)           \
+  ::testing::mini::Recorder{} = ::testing::mini::Message(false, __FILE__, __LINE__, mini_r_.text)
+#define MINI_FATAL_(result)                                                                  \
+  for (::testing::mini::Result mini_r_ = (result); !mini_r_.ok; mini_r_.ok = true)           \
+  return ::testing::mini::Recorder{} = ::testing::mini::Message(true, __FILE__, __LINE__, mini_r_.text)
 
-#define MINI_CMP_(a, b, op, MAC) MAC(((a)op(b)), ::testing::mini::cmp_text(#a, #b, (a), (b), #op))
-#define EXPECT_TRUE(c) MINI_EXPECT_(static_cast<bool>(c), "expected true: " #c " ")
-#define EXPECT_FALSE(c) MINI_EXPECT_(!static_cast<bool>(c), "expected false: " #c " ")
+#define MINI_CMP_(a, b, op, MAC)                                       \
+  MAC(::testing::mini::cmp_result(#a, #b, #op, (a), (b),               \
+                                  [](const auto& mini_x_, const auto& mini_y_) { return mini_x_ op mini_y_; }))
+#define EXPECT_TRUE(c) MINI_EXPECT_(::testing::mini::bool_result(static_cast<bool>(c), "expected true: " #c " "))
+#define EXPECT_FALSE(c) MINI_EXPECT_(::testing::mini::bool_result(!static_cast<bool>(c), "expected false: " #c " "))
 #define EXPECT_EQ(a, b) MINI_CMP_(a, b, ==, MINI_EXPECT_)
 #define EXPECT_NE(a, b) MINI_CMP_(a, b, !=, MINI_EXPECT_)
 #define EXPECT_LT(a, b) MINI_CMP_(a, b, <, MINI_EXPECT_)
@@ -191,10 +209,9 @@ inline int run_all(int argc, char** argv) {
 #define EXPECT_GT(a, b) MINI_CMP_(a, b, >, MINI_EXPECT_)
 #define EXPECT_GE(a, b) MINI_CMP_(a, b, >=, MINI_EXPECT_)
 #define EXPECT_NEAR(a, b, tol) \
-  MINI_EXPECT_(std::fabs(double(a) - double(b)) <= double(tol), ::testing::mini::cmp_text(#a, #b, (a), (b), "~="))
-#define MINI_FATAL_(c, text) MINI_CHECK_(c, true, text)
-#define ASSERT_TRUE(c) MINI_FATAL_(static_cast<bool>(c), "expected true: " #c " ")
-#define ASSERT_FALSE(c) MINI_FATAL_(!static_cast<bool>(c), "expected false: " #c " ")
+  MINI_EXPECT_(::testing::mini::near_result(#a, #b, double(a), double(b), double(tol)))
+#define ASSERT_TRUE(c) MINI_FATAL_(::testing::mini::bool_result(static_cast<bool>(c), "expected true: " #c " "))
+#define ASSERT_FALSE(c) MINI_FATAL_(::testing::mini::bool_result(!static_cast<bool>(c), "expected false: " #c " "))
 #define ASSERT_EQ(a, b) MINI_CMP_(a, b, ==, MINI_FATAL_)
 #define ASSERT_NE(a, b) MINI_CMP_(a, b, !=, MINI_FATAL_)
 #define ASSERT_LT(a, b) MINI_CMP_(a, b, <, MINI_FATAL_)

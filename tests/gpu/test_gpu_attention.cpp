@@ -90,21 +90,24 @@ std::vector<float> run_cpu(const Pool& pool, const std::vector<Seq>& seqs) {
 }
 
 // Runs cuda::attention; q rows are laid out with `q_stride` (extra columns hold
-// junk, as in a fused QKV buffer). Returns the raw fp16 output bits.
+// junk, as in a fused QKV buffer). AttnDims gets n_q + surplus_rows query rows
+// (an upper bound, which the launcher allows); q and out have that many rows.
+// Returns the raw fp16 output bits, surplus rows included.
 std::vector<uint16_t> run_gpu(Pool& pool, const std::vector<Seq>& seqs, cudaStream_t stream, int64_t q_stride = 0,
-                              int max_ctx_override = 0) {
+                              int max_ctx_override = 0, int surplus_rows = 0) {
   const Flat f = flatten(seqs);
   const AttnShape& sh = pool.shape;
   const int width = sh.n_heads * sh.head_dim;
+  const int n_q = f.n_q + surplus_rows;
   if (q_stride == 0) q_stride = width;
-  std::vector<float> q(static_cast<size_t>(f.n_q) * q_stride, 1e4f);  // junk outside the q columns
+  std::vector<float> q(static_cast<size_t>(n_q) * q_stride, 1e4f);  // junk outside the q columns
   int row = 0;
   for (const Seq& s : seqs)
     for (int j = 0; j < s.n_new; ++j, ++row)
       std::copy_n(&s.q[static_cast<size_t>(j) * width], width, &q[row * q_stride]);
-  DevBuf<uint16_t> d_q(to_half(q)), d_out(static_cast<size_t>(f.n_q) * width);
+  DevBuf<uint16_t> d_q(to_half(q)), d_out(static_cast<size_t>(n_q) * width);
   DevBuf<int32_t> d_qs(f.q_start), d_ctx(f.ctx_len), d_tab(f.tables);
-  const cuda::AttnDims dims{f.n_q, f.max_q_len, max_ctx_override ? max_ctx_override : f.max_ctx};
+  const cuda::AttnDims dims{n_q, f.max_q_len, max_ctx_override ? max_ctx_override : f.max_ctx};
   const size_t ws_bytes = cuda::attention_workspace_bytes(sh, static_cast<int>(seqs.size()), dims.max_ctx);
   DevBuf<unsigned char> d_ws(std::max<size_t>(ws_bytes, 16));
   d_ws.poison();
@@ -314,6 +317,27 @@ TEST_F(CudaAttention, RowsAreBatchInvariant) {
     EXPECT_TRUE(alone_dec_big == alone_dec) << "decode row vs max_ctx, hd " << c.head_dim;
     EXPECT_TRUE(std::equal(alone_pre.begin(), alone_pre.end(), batch.begin() + pre_row))
         << "prefill rows, hd " << c.head_dim;
+  }
+}
+
+// AttnDims::n_q may exceed the real row count (an upper bound): surplus rows
+// write nothing (their out rows stay poisoned) and read nothing past the batch
+// (guards), on every path: SIMT prefill (hd 24, 8), tensor-core prefill (hd
+// 128) and decode; the real rows are bitwise those of an exact n_q.
+TEST_F(CudaAttention, UpperBoundRowCountWritesNoSurplusRows) {
+  for (const Case c : {Case{6, 1, 24, 7}, Case{8, 4, 8, 16}, Case{32, 8, 128, 16}}) {
+    const AttnShape sh{c.n_heads, c.n_kv_heads, c.head_dim, c.block_size};
+    Pool pool(sh, 64, 31);
+    // The last sequence is a prefill: a surplus row used to be mapped to it.
+    const std::vector<Seq> seqs{pool.make_seq(1, 50, 1), pool.make_seq(30, 45, 2)};
+    const int width = c.n_heads * c.head_dim, real = 31, surplus = 17;
+    const auto exact = run_gpu(pool, seqs, stream_);
+    const auto bound = run_gpu(pool, seqs, stream_, 0, 0, surplus);
+    ASSERT_EQ(bound.size(), static_cast<size_t>(real + surplus) * width);
+    EXPECT_TRUE(std::equal(exact.begin(), exact.end(), bound.begin())) << "hd " << c.head_dim;
+    const size_t written = static_cast<size_t>(
+        std::count_if(bound.begin() + static_cast<size_t>(real) * width, bound.end(), [](uint16_t h) { return h != 0xFFFF; }));
+    EXPECT_EQ(written, 0u) << "hd " << c.head_dim << ": surplus rows were written";
   }
 }
 

@@ -51,8 +51,8 @@ struct Gptq {
   void repack(std::vector<uint32_t>& packed, std::vector<uint32_t>& sz) const {
     packed.assign(int4_layout::packed_words(n, k), 0xDEADBEEFu);
     sz.assign(int4_layout::sz_words(n, k, group), 0xDEADBEEFu);
-    if (cuda::int4_repack_gptq(packed.data(), sz.data(), qweight.data(), qzeros.data(), scales.data(), k, n, group) !=
-        cudaSuccess)
+    if (cuda::int4_repack_gptq(packed.data(), sz.data(), qweight.data(), qzeros.data(), scales.data(), nullptr, k, n,
+                               group) != cudaSuccess)
       throw std::runtime_error("int4_repack_gptq rejected a valid shape");
   }
 };
@@ -148,12 +148,32 @@ TEST(Int4LayoutHost, RepackRejectsUnrepresentableShapes) {
   std::vector<uint32_t> p(4096), z(4096);
   std::vector<int32_t> qw(4096), qz(4096);
   std::vector<uint16_t> sc(4096);
-  EXPECT_EQ(cuda::int4_repack_gptq(p.data(), z.data(), qw.data(), qz.data(), sc.data(), 128, 12, 128),
+  EXPECT_EQ(cuda::int4_repack_gptq(p.data(), z.data(), qw.data(), qz.data(), sc.data(), nullptr, 128, 12, 128),
             cudaErrorInvalidValue);  // n % 8
-  EXPECT_EQ(cuda::int4_repack_gptq(p.data(), z.data(), qw.data(), qz.data(), sc.data(), 96, 8, 64),
+  EXPECT_EQ(cuda::int4_repack_gptq(p.data(), z.data(), qw.data(), qz.data(), sc.data(), nullptr, 96, 8, 64),
             cudaErrorInvalidValue);  // k % group
-  EXPECT_EQ(cuda::int4_repack_gptq(p.data(), z.data(), qw.data(), qz.data(), sc.data(), 128, 8, 16),
+  EXPECT_EQ(cuda::int4_repack_gptq(p.data(), z.data(), qw.data(), qz.data(), sc.data(), nullptr, 128, 8, 16),
             cudaErrorInvalidValue);  // group
+}
+
+// g_idx: a sequential one (i / group, what a desc_act=false checkpoint may
+// carry) repacks exactly as none; an act-order one is refused, never silently
+// dequantised with the wrong groups' scales.
+TEST(Int4LayoutHost, RepackRefusesActOrderGidx) {
+  const Gptq gq(16, 256, 64, 3);
+  std::vector<uint32_t> p0, z0;
+  gq.repack(p0, z0);
+  std::vector<int32_t> g_idx(gq.k);
+  for (int i = 0; i < gq.k; ++i) g_idx[i] = i / gq.group;
+  std::vector<uint32_t> p(p0.size()), z(z0.size());
+  ASSERT_EQ(cuda::int4_repack_gptq(p.data(), z.data(), gq.qweight.data(), gq.qzeros.data(), gq.scales.data(),
+                                   g_idx.data(), gq.k, gq.n, gq.group),
+            cudaSuccess);
+  EXPECT_TRUE(p == p0 && z == z0);
+  std::swap(g_idx[5], g_idx[200]);  // two inputs of groups 0 and 3 trade places: act-order
+  EXPECT_EQ(cuda::int4_repack_gptq(p.data(), z.data(), gq.qweight.data(), gq.qzeros.data(), gq.scales.data(),
+                                   g_idx.data(), gq.k, gq.n, gq.group),
+            cudaErrorInvalidValue);
 }
 
 // ---- on the GPU ------------------------------------------------------------------------------
@@ -186,6 +206,16 @@ class CudaInt4 : public GpuTest {
     out.poison();
     check(f(reinterpret_cast<__half*>(out.get()), reinterpret_cast<const __half*>(x.get()), dw.w, m, stream_),
           "int4 launch");
+    sync();
+    if (!out.guards_intact()) throw std::runtime_error("int4 kernel wrote outside its output");
+    return out.download();
+  }
+  // The fp32-output overloads (lm_head logits).
+  using LauncherF32 = cudaError_t (*)(float*, const __half*, const cuda::Int4Weight&, int, cudaStream_t);
+  std::vector<float> run_f32(LauncherF32 f, const DevWeight& dw, const DevBuf<uint16_t>& x, int m) {
+    DevBuf<float> out(static_cast<size_t>(m) * dw.w.n);
+    out.poison();
+    check(f(out.get(), reinterpret_cast<const __half*>(x.get()), dw.w, m, stream_), "int4 launch (fp32 out)");
     sync();
     if (!out.guards_intact()) throw std::runtime_error("int4 kernel wrote outside its output");
     return out.download();
@@ -266,6 +296,34 @@ TEST_F(CudaInt4, RowsAreBitwiseInvariantForM1To64) {
     }
     for (int m : {1, 8, 16}) {
       ASSERT_TRUE(run(cuda::int4_gemv, dw, d_x, m) == run(cuda::int4_gemm, dw, d_x, m)) << "gemv vs gemm m " << m;
+    }
+  }
+}
+
+// fp32 output (the lm_head's logits): the same accumulators, so rounding it to
+// fp16 gives the fp16 output bitwise; rows are invariant in M and across the
+// GEMV and GEMM, as for fp16; and it is no longer quantised to fp16 steps.
+TEST_F(CudaInt4, Fp32OutputIsTheUnroundedFp16Output) {
+  for (const MatShape s : {kShapes[0], kShapes[5], kShapes[7]}) {
+    const Gptq gq(s.n, s.k, s.group, 41 + s.n);
+    const DevWeight dw(gq);
+    const int max_m = 40;
+    const DevBuf<uint16_t> d_x(to_half(randn_h(static_cast<size_t>(max_m) * s.k, 7)));
+    const std::vector<float> full = run_f32(cuda::int4_matmul, dw, d_x, max_m);
+    const std::vector<uint16_t> half = run(cuda::int4_matmul, dw, d_x, max_m);
+    size_t differing = 0, not_half = 0;
+    for (size_t i = 0; i < full.size(); ++i) {
+      differing += float_to_half(full[i]) != half[i];
+      not_half += round_half(full[i]) != full[i];
+    }
+    EXPECT_EQ(differing, 0u) << "n " << s.n;
+    EXPECT_GT(not_half, full.size() / 2) << "n " << s.n << ": fp32 outputs look fp16-rounded";
+    for (int m : {1, 5, 16, 17, 33}) {
+      const std::vector<float> part = run_f32(cuda::int4_matmul, dw, d_x, m);
+      ASSERT_TRUE(std::equal(part.begin(), part.end(), full.begin())) << "m " << m << " n " << s.n;
+      if (m <= int4_layout::kGemvMaxM) {
+        ASSERT_TRUE(run_f32(cuda::int4_gemv, dw, d_x, m) == run_f32(cuda::int4_gemm, dw, d_x, m)) << "m " << m;
+      }
     }
   }
 }

@@ -29,280 +29,40 @@
 #include "model/errors.h"
 #include "model/gptq.h"
 #include "model/llama.h"
-#include "model/safetensors.h"
-#include "model/synth.h"
-#include "tests/gpu/gpu_test_util.h"
+#include "tests/gpu/model_test_util.h"
 
 namespace chatradio::gpu_test {
 namespace {
 
-using model::Backend;
-using model::Batch;
-using model::CpuLlama;
-using model::CudaLlama;
-using model::LlamaConfig;
-using model::LlamaWeights;
-using model::SeqSlice;
-
 // ---- tolerances (docs/cuda.md, "The CUDA backend") ------------------------------------
 // Calibrated on the host (no GPU yet): a host emulation of the GPU's fp16
-// storage points (every activation, weight, norm and logit rounded to fp16,
-// float math in between) differs from B by NMSE 1.5e-6..6.5e-6 and a max-abs of
-// 0.07%..0.37% of the largest logit (synthetic models, stories260K prefill);
-// A differs from B by NMSE 1.5e-4..6.5e-4 and 1%..3.3% (the worst of 200
-// stories260K decode steps included). The bounds leave ~8x (B) and ~4.5x (A)
-// for the GPU's other accumulation orders and its fp16 P in attention.
+// storage points (every activation, weight and norm rounded to fp16, float math
+// in between; logits are fp32 since the lm_head writes fp32) differs from B by
+// NMSE 1.5e-6..6.5e-6 and a max-abs of 0.07%..0.37% of the largest logit
+// (synthetic models, stories260K prefill); A differs from B by NMSE
+// 1.5e-4..6.5e-4 and 1%..3.3% (the worst of 200 stories260K decode steps
+// included). The bounds leave ~3x (B) and ~4.5x (A) for the GPU's other
+// accumulation orders and its fp16 P in attention.
 // Per logits row: NMSE, and max-abs relative to the row's largest |reference|.
-constexpr double kNmseExact = 5e-5;
-constexpr double kRelMaxExact = 1.5e-2;
+constexpr double kNmseExact = 2e-5;
+constexpr double kRelMaxExact = 1e-2;
 constexpr double kNmseCpuInt4 = 3e-3;
 constexpr double kRelMaxCpuInt4 = 1e-1;
 // Greedy ids may differ only where the reference's top two logits are this close
-// (relative to the top logit): a near-tie that either rounding can flip. On
-// stories260K, A and B (teacher-forced, 200 steps) disagree at 6 steps, all
-// with gaps below 0.4% of the top logit.
-constexpr double kRelTieGap = 2e-2;       // against A
-constexpr double kRelTieGapExact = 1e-2;  // against B
+// (relative to the top logit): a near-tie that the int8 activations of A (or
+// the fp16 ones of the GPU) can flip. On stories260K, A and B part at id 42
+// (free-running) and, teacher-forced over 200 steps, disagree at 2 steps, both
+// near-ties by this bound.
+// (The GPU used to write fp16 logits, steps of 1/64 at |logit| 16..32, which
+// alone flip gaps of that size: 2% was needed then.)
+constexpr double kRelTieGap = 5e-3;
+// The chosen token's log-probability, GPU vs A, over 200 teacher-forced
+// stories260K steps (Score's figure): A vs B measure 0.124
+// (CudaLlamaHost.CpuReferencesAgreeOnStoriesLogprobs prints it). Against B, the
+// GPU differs only by fp16 storage: a third of that bound.
+constexpr double kLogprobCpuInt4 = 0.3;
 
 std::string shared_dir() { return CHATRADIO_SHARED_DIR; }
-
-// ---- synthetic checkpoints --------------------------------------------------------------
-
-LlamaConfig small_config(int hidden, int heads, int kv_heads, int inter, int layers, int vocab, bool tied) {
-  LlamaConfig c;
-  c.hidden_size = hidden;
-  c.intermediate_size = inter;
-  c.num_hidden_layers = layers;
-  c.num_attention_heads = heads;
-  c.num_key_value_heads = kv_heads;
-  c.vocab_size = vocab;
-  c.max_position_embeddings = 512;
-  c.rms_norm_eps = 1e-5f;
-  c.tie_word_embeddings = tied;
-  return c;
-}
-
-// head_dim 32 (SIMT prefill), odd intermediate (688: down padded to 704) and vocab
-// (997: lm_head padded to 1000), tied embeddings.
-LlamaConfig config_hd32() { return small_config(256, 8, 2, 688, 4, 997, true); }
-// head_dim 128 (tensor-core prefill), intermediate 1376 (device groups of 32).
-LlamaConfig config_hd128() { return small_config(512, 4, 2, 1376, 3, 2048, false); }
-
-// Writes config.json and model.safetensors (float32) of random weights with unit
-// gain (linear std 1/sqrt(in)) so activations and logits are O(1), not vanishing.
-void write_model(const std::string& dir, const LlamaConfig& c, uint32_t seed) {
-  std::filesystem::create_directories(dir);
-  std::mt19937 g(seed);
-  std::vector<std::pair<std::string, std::vector<int64_t>>> specs;
-  const int d = c.hidden_size, kv = c.kv_dim(), ff = c.intermediate_size;
-  specs.push_back({"model.embed_tokens.weight", {c.vocab_size, d}});
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    specs.push_back({p + "input_layernorm.weight", {d}});
-    specs.push_back({p + "self_attn.q_proj.weight", {d, d}});
-    specs.push_back({p + "self_attn.k_proj.weight", {kv, d}});
-    specs.push_back({p + "self_attn.v_proj.weight", {kv, d}});
-    specs.push_back({p + "self_attn.o_proj.weight", {d, d}});
-    specs.push_back({p + "post_attention_layernorm.weight", {d}});
-    specs.push_back({p + "mlp.gate_proj.weight", {ff, d}});
-    specs.push_back({p + "mlp.up_proj.weight", {ff, d}});
-    specs.push_back({p + "mlp.down_proj.weight", {d, ff}});
-  }
-  specs.push_back({"model.norm.weight", {d}});
-  if (!c.tie_word_embeddings) specs.push_back({"lm_head.weight", {c.vocab_size, d}});
-  std::vector<std::vector<float>> data;  // [tensor][numel]
-  for (const auto& [name, shape] : specs) {
-    size_t n = 1;
-    for (int64_t s : shape) n *= static_cast<size_t>(s);
-    std::vector<float> v(n);
-    if (shape.size() == 1) {  // norms around 1
-      std::normal_distribution<float> dist(1.0f, 0.1f);
-      for (float& x : v) x = dist(g);
-    } else {
-      const bool embed = name == "model.embed_tokens.weight";
-      std::normal_distribution<float> dist(0.0f, embed ? 1.0f : 1.0f / std::sqrt(static_cast<float>(shape[1])));
-      for (float& x : v) x = dist(g);
-    }
-    data.push_back(std::move(v));
-  }
-  std::vector<model::TensorToWrite> tensors;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const auto* bytes = reinterpret_cast<const uint8_t*>(data[i].data());
-    tensors.push_back({specs[i].first, model::DType::F32, specs[i].second,
-                       std::span<const uint8_t>(bytes, data[i].size() * sizeof(float))});
-  }
-  model::write_safetensors(dir + "/model.safetensors", tensors);
-  model::write_file_atomically(dir + "/config.json", model::llama_config_json(c, std::nullopt));
-}
-
-// A temporary directory removed at scope exit.
-struct TempDir {
-  std::string path;
-  explicit TempDir(const std::string& tag) {
-    path = (std::filesystem::temp_directory_path() /
-            ("chatradio_gpu_model_" + tag + "_" + std::to_string(std::random_device{}())))
-               .string();
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-// ---- references ---------------------------------------------------------------------------
-
-// The float weight [out, in] an int4 Linear stands for, through the same
-// conversion the GPU upload uses (so B checks the upload path too).
-std::vector<float> dequantize(const model::Linear& l) {
-  const int g = model::cuda_int4_group(l.q4.group_blocks * 32, l.in);
-  const int n_dev = (l.out + 7) / 8 * 8, k_dev = (l.in + g - 1) / g * g;
-  model::GptqTensors t = model::gptq_zeros(n_dev, k_dev, g);
-  model::gptq_put_q4(t, 0, l.q4, "test");
-  std::vector<float> full(static_cast<size_t>(n_dev) * k_dev);
-  model::gptq_dequantize(full.data(), model::gptq_view_of(t));
-  std::vector<float> w(static_cast<size_t>(l.out) * l.in);
-  for (int o = 0; o < l.out; ++o) {
-    std::copy_n(full.begin() + static_cast<size_t>(o) * k_dev, l.in, w.begin() + static_cast<size_t>(o) * l.in);
-  }
-  return w;
-}
-
-model::Linear float_linear(const model::Linear& l) { return model::Linear{l.out, l.in, dequantize(l), {}}; }
-
-LlamaWeights dequantized_weights(const LlamaWeights& q) {
-  LlamaWeights f;
-  f.embed_f16 = q.embed_f16;
-  f.final_norm = q.final_norm;
-  f.lm_head = float_linear(q.lm_head);
-  for (const model::LayerWeights& L : q.layers) {
-    model::LayerWeights F;
-    F.attn_norm = L.attn_norm;
-    F.ffn_norm = L.ffn_norm;
-    F.q = float_linear(L.q);
-    F.k = float_linear(L.k);
-    F.v = float_linear(L.v);
-    F.o = float_linear(L.o);
-    F.gate = float_linear(L.gate);
-    F.up = float_linear(L.up);
-    F.down = float_linear(L.down);
-    f.layers.push_back(std::move(F));
-  }
-  return f;
-}
-
-// The three backends of one model directory, all on the same int4 weights.
-struct Trio {
-  LlamaConfig cfg;
-  std::unique_ptr<CpuLlama> cpu_int4;   // reference A
-  std::unique_ptr<CpuLlama> cpu_exact;  // reference B
-  std::unique_ptr<CudaLlama> gpu;       // null in host-only use
-};
-
-constexpr int kBlocks = 512, kBlockSize = 16;
-
-Trio make_trio(const std::string& dir, bool with_gpu) {
-  Trio t;
-  t.cfg = model::load_llama_config(dir);
-  const model::LoadOptions load{model::WeightFormat::kInt4, 128};
-  t.cpu_int4 = CpuLlama::load(dir, {kBlocks, kBlockSize, 2}, load);
-  t.cpu_exact = std::make_unique<CpuLlama>(t.cfg, dequantized_weights(t.cpu_int4->weights()),
-                                           model::CpuBackendOptions{kBlocks, kBlockSize, 2});
-  if (with_gpu) {
-    model::CudaBackendOptions o;
-    o.n_kv_blocks = kBlocks;
-    o.kv_block_size = kBlockSize;
-    o.max_tokens = 512;
-    o.max_seqs = 64;
-    t.gpu = std::make_unique<CudaLlama>(t.cfg, t.cpu_int4->weights(), o);  // a copy: A keeps its weights
-  }
-  return t;
-}
-
-std::vector<float> run(Backend& b, const Batch& batch) {
-  std::vector<float> logits(static_cast<size_t>(batch.n_logit_rows()) * b.config().vocab_size);
-  b.forward(logits, batch);
-  return logits;
-}
-
-std::vector<int32_t> some_tokens(int n, int salt, int vocab) {
-  std::vector<int32_t> t(n);
-  for (int i = 0; i < n; ++i) t[i] = 3 + (i * 37 + salt * 101) % (vocab - 3);
-  t[0] = 1;
-  return t;
-}
-
-std::vector<int32_t> blocks_from(int first, int count) {
-  std::vector<int32_t> b(count);
-  std::iota(b.begin(), b.end(), first);
-  return b;
-}
-
-// Row-wise metrics of logits [rows, vocab]: the worst NMSE and the worst
-// max-abs relative to that row's largest reference logit.
-struct RowErrors {
-  double nmse = 0.0, rel_max = 0.0;
-  size_t nonfinite = 0;
-};
-RowErrors row_errors(const std::vector<float>& out, const std::vector<float>& ref, int vocab) {
-  RowErrors e;
-  if (out.size() != ref.size()) {
-    e.nonfinite = 1;
-    return e;
-  }
-  for (size_t r = 0; r * vocab < ref.size(); ++r) {
-    const std::vector<float> o(out.begin() + r * vocab, out.begin() + (r + 1) * vocab);
-    const std::vector<float> f(ref.begin() + r * vocab, ref.begin() + (r + 1) * vocab);
-    const ErrorStats s = compare(o, f);
-    e.nmse = std::max(e.nmse, s.nmse);
-    e.rel_max = std::max(e.rel_max, s.ref_max > 0 ? s.max_abs / s.ref_max : s.max_abs);
-    e.nonfinite += s.nonfinite;
-  }
-  return e;
-}
-
-// A prompt prefilled with all logits, then `steps` greedy decode steps of
-// reference `ref`'s tokens (teacher forcing: every backend sees the same ids).
-std::vector<std::vector<float>> scripted_logits(Backend& b, Backend& ref, int prompt_len, int steps) {
-  const int vocab = b.config().vocab_size;
-  std::vector<int32_t> toks = some_tokens(prompt_len, 7, vocab);
-  std::vector<std::vector<float>> out;
-  Batch batch{{SeqSlice{toks, 0, blocks_from(0, 8), true}}};
-  out.push_back(run(b, batch));
-  std::vector<float> ref_logits = run(ref, batch);
-  for (int s = 0; s < steps; ++s) {
-    const auto row = ref_logits.end() - vocab;
-    const int32_t next = static_cast<int32_t>(std::max_element(row, ref_logits.end()) - row);
-    batch.seqs[0].start_pos += static_cast<int32_t>(batch.seqs[0].tokens.size());
-    batch.seqs[0].tokens = {std::max(next, 3)};
-    batch.seqs[0].all_logits = false;
-    out.push_back(run(b, batch));
-    ref_logits = run(ref, batch);
-  }
-  return out;
-}
-
-// Top-1 id and the gap to the runner-up of one logits row.
-struct Top2 {
-  int32_t id = 0;
-  float gap = 0.0f, top = 0.0f;
-};
-Top2 top2(const float* row, int vocab) {
-  Top2 t;
-  float best = -INFINITY, second = -INFINITY;
-  for (int i = 0; i < vocab; ++i) {
-    if (row[i] > best) {
-      second = best;
-      best = row[i];
-      t.id = i;
-    } else if (row[i] > second) {
-      second = row[i];
-    }
-  }
-  t.gap = best - second;
-  t.top = std::fabs(best);
-  return t;
-}
 
 // ---- host-only tests ----------------------------------------------------------------------
 
@@ -391,6 +151,79 @@ TEST(CudaLlamaHost, CpuReferencesAgree) {
   }
 }
 
+// The stories260K figures the GPU test is held to, measured between the two CPU
+// references: A's and B's teacher-forced argmax may differ only at near-ties,
+// and the chosen token's log-probability differs by well under kLogprobCpuInt4.
+TEST(CudaLlamaHost, CpuReferencesAgreeOnStoriesLogprobs) {
+  const std::string dir = shared_dir() + "/models/stories260K";
+  if (!std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " not present";
+  Trio t = make_trio(dir, false);
+  const std::vector<int32_t> a = greedy_ids(*t.cpu_int4, 200, nullptr);
+  const std::vector<int32_t> b = greedy_ids(*t.cpu_exact, 200, nullptr);
+  size_t same = 0;
+  while (same < a.size() && a[same] == b[same]) ++same;
+  const Forced f = teacher_forced(*t.cpu_exact, *t.cpu_int4, a, t.cfg.vocab_size, kRelTieGap);
+  std::printf("stories260K A vs B: greedy equal for %zu of %zu ids; teacher-forced argmax differs at %d steps (%d "
+              "near-ties), worst nmse %.3g rel %.3g, logprob %.3g\n",
+              same, a.size(), f.mismatches, f.near_ties, f.worst.nmse, f.worst.rel_max, f.logprob_diff);
+  EXPECT_EQ(f.mismatches, f.near_ties);
+  EXPECT_LT(f.logprob_diff, kLogprobCpuInt4 / 2);
+}
+
+// The per-step arrays: an eager step carries just the blocks it touches; a
+// graph step is padded to its size with inert rows and empty sequences, and its
+// tables and max_ctx do not depend on the batch.
+TEST(CudaLlamaHost, FlattenBatchPadsDecodeStepsForGraphs) {
+  const model::CudaBatchLayout at = model::CudaBatchLayout::make(64, 64, 16);
+  std::vector<int32_t> meta(at.tables + 16 * 10, -7);
+  const Batch decode{{SeqSlice{{11}, 20, {4, 5}, false}, SeqSlice{{12}, 3, {9}, false}, SeqSlice{{13}, 0, {2}, true}}};
+  const model::CudaStepShape e = model::flatten_batch(meta.data(), at, decode, 16, 10, 0);
+  EXPECT_EQ(e.n_tokens, 3);
+  EXPECT_EQ(e.n_seqs, 3);
+  EXPECT_EQ(e.n_rows, 3);
+  EXPECT_EQ(e.table_stride, 2);  // sequence 0 reaches position 20: 2 blocks of 16
+  EXPECT_EQ(e.max_q_len, 1);
+  EXPECT_EQ(e.max_ctx, 21);
+  EXPECT_EQ(e.elems, at.tables + 3 * 2);
+  EXPECT_EQ(meta[at.slots + 0], 5 * 16 + 4);
+  EXPECT_EQ(meta[at.slots + 1], 9 * 16 + 3);
+  EXPECT_EQ(meta[at.tables + 2], 9);
+  EXPECT_EQ(meta[at.tables + 3], 0);
+
+  std::fill(meta.begin(), meta.end(), -7);
+  const model::CudaStepShape g = model::flatten_batch(meta.data(), at, decode, 16, 10, model::cuda_graph_batch(3, 16));
+  EXPECT_EQ(g.n_seqs, 4);
+  EXPECT_EQ(g.n_tokens, 4);
+  EXPECT_EQ(g.n_rows, 4);
+  EXPECT_EQ(g.table_stride, 10);
+  EXPECT_EQ(g.max_ctx, 160);
+  EXPECT_EQ(g.elems, at.tables + 4 * 10);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(meta[i], decode.seqs[i].tokens[0]);
+    EXPECT_EQ(meta[at.q_start + i], i);
+    EXPECT_EQ(meta[at.rows + i], i);
+  }
+  EXPECT_EQ(meta[at.ctx + 0], 21);
+  EXPECT_EQ(meta[at.tables + 10 + 0], 9);  // row stride 10
+  // The padding row: token 0 at position 0, no KV write, its own logit row; the
+  // padding sequence: no new token, no context.
+  EXPECT_EQ(meta[3], 0);
+  EXPECT_EQ(meta[at.positions + 3], 0);
+  EXPECT_EQ(meta[at.slots + 3], -1);
+  EXPECT_EQ(meta[at.rows + 3], 3);
+  EXPECT_EQ(meta[at.q_start + 3], 3);
+  EXPECT_EQ(meta[at.q_start + 4], 3);
+  EXPECT_EQ(meta[at.ctx + 3], 0);
+  EXPECT_EQ(meta[at.tables + 30], 0);
+
+  EXPECT_EQ(model::cuda_graph_batch(1, 64), 1);
+  EXPECT_EQ(model::cuda_graph_batch(3, 64), 4);
+  EXPECT_EQ(model::cuda_graph_batch(17, 64), 32);
+  EXPECT_EQ(model::cuda_graph_batch(64, 64), 64);
+  EXPECT_EQ(model::cuda_graph_batch(33, 48), 48);
+  EXPECT_EQ(model::cuda_graph_batch(5, 6), 6);
+}
+
 TEST(CudaLlamaHost, NoGpuIsAModelError) {
   int n = 0;
   if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) GTEST_SKIP() << "a GPU is present";
@@ -432,30 +265,19 @@ TEST_F(CudaModel, SyntheticLogitsMatchCpu) {
 
 // Greedy decoding from BOS for 200 tokens on the real stories260K (int4): the
 // GPU's free-running ids equal the CPU int4 backend's (A) up to a first
-// divergence, which must sit at a near-tie of A's logits (A and B part at id 28,
-// a 0.4% gap); with A's ids fed back (teacher forcing) the GPU's argmax equals
-// A's and B's at every step that is not a near-tie of that reference.
+// divergence, which must sit at a near-tie of A's logits (A and B part at id
+// 42); with A's ids fed back (teacher forcing) the GPU's argmax equals
+// A's and B's at every step that is not a near-tie of that reference, and the
+// chosen token's log-probability (Score's figure) stays within kLogprobCpuInt4
+// of A's.
 TEST_F(CudaModel, StoriesGreedyMatchesCpuInt4) {
   const std::string dir = shared_dir() + "/models/stories260K";
   if (!std::filesystem::exists(dir + "/model.safetensors")) GTEST_SKIP() << dir << " not present";
   Trio t = make_trio(dir, true);
   const int vocab = t.cfg.vocab_size, steps = 200;
-  auto greedy = [&](Backend& b, std::vector<Top2>* info) {
-    std::vector<int32_t> ids{t.cfg.bos_token_id};
-    Batch batch{{SeqSlice{ids, 0, blocks_from(0, 16), false}}};
-    for (int i = 0; i < steps; ++i) {
-      const std::vector<float> l = run(b, batch);
-      const Top2 tt = top2(l.data(), vocab);
-      if (info) info->push_back(tt);
-      ids.push_back(tt.id);
-      batch.seqs[0].start_pos += static_cast<int32_t>(batch.seqs[0].tokens.size());
-      batch.seqs[0].tokens = {tt.id};
-    }
-    return ids;
-  };
   std::vector<Top2> cpu_info;
-  const std::vector<int32_t> cpu = greedy(*t.cpu_int4, &cpu_info);
-  const std::vector<int32_t> gpu = greedy(*t.gpu, nullptr);
+  const std::vector<int32_t> cpu = greedy_ids(*t.cpu_int4, steps, &cpu_info);
+  const std::vector<int32_t> gpu = greedy_ids(*t.gpu, steps, nullptr);
   size_t same = 0;
   while (same < cpu.size() && cpu[same] == gpu[same]) ++same;
   std::printf("stories260K greedy: GPU equals CPU int4 for %zu of %zu ids\n", same, cpu.size());
@@ -471,45 +293,86 @@ TEST_F(CudaModel, StoriesGreedyMatchesCpuInt4) {
   while (same_f < expected.size() && same_f < gpu.size() && expected[same_f] == gpu[same_f]) ++same_f;
   std::printf("stories260K greedy: GPU int4 equals llama2.c float for %zu of %zu ids\n", same_f, expected.size());
 
-  // Teacher forcing on the CPU's ids: GPU, A and B see the same tokens.
-  Batch batch{{SeqSlice{{cpu[0]}, 0, blocks_from(0, 16), false}}};
-  int mism_a = 0, ties_a = 0, mism_b = 0, ties_b = 0;
-  RowErrors worst_a, worst_b;
-  auto accumulate = [](RowErrors& w, const RowErrors& e) {
-    w.nmse = std::max(w.nmse, e.nmse);
-    w.rel_max = std::max(w.rel_max, e.rel_max);
-    w.nonfinite += e.nonfinite;
-  };
-  for (int i = 0; i < steps; ++i) {
-    const std::vector<float> g = run(*t.gpu, batch);
-    const std::vector<float> a = run(*t.cpu_int4, batch);
-    const std::vector<float> b = run(*t.cpu_exact, batch);
-    accumulate(worst_a, row_errors(g, a, vocab));
-    accumulate(worst_b, row_errors(g, b, vocab));
-    const Top2 tg = top2(g.data(), vocab), ta = top2(a.data(), vocab), tb = top2(b.data(), vocab);
-    if (tg.id != ta.id) {
-      ++mism_a;
-      ties_a += ta.gap < kRelTieGap * ta.top;
-    }
-    if (tg.id != tb.id) {
-      ++mism_b;
-      ties_b += tb.gap < kRelTieGapExact * tb.top;
-    }
-    batch.seqs[0].start_pos += 1;
-    batch.seqs[0].tokens = {cpu[i + 1]};
-  }
+  const Forced fa = teacher_forced(*t.gpu, *t.cpu_int4, cpu, vocab, kRelTieGap);
+  const Forced fb = teacher_forced(*t.gpu, *t.cpu_exact, cpu, vocab, kRelTieGap);
   std::printf("stories260K teacher-forced: argmax differs from A at %d steps (%d near-ties), from B at %d (%d); "
-              "worst vs A nmse %.3g rel %.3g, vs B nmse %.3g rel %.3g\n",
-              mism_a, ties_a, mism_b, ties_b, worst_a.nmse, worst_a.rel_max, worst_b.nmse, worst_b.rel_max);
-  EXPECT_EQ(worst_a.nonfinite + worst_b.nonfinite, 0u);
-  EXPECT_EQ(mism_a, ties_a);
-  EXPECT_EQ(mism_b, ties_b);
-  EXPECT_LE(mism_a, steps / 10);
-  EXPECT_LE(mism_b, steps / 20);
-  EXPECT_LT(worst_a.nmse, kNmseCpuInt4);
-  EXPECT_LT(worst_a.rel_max, kRelMaxCpuInt4);
-  EXPECT_LT(worst_b.nmse, kNmseExact);
-  EXPECT_LT(worst_b.rel_max, kRelMaxExact);
+              "worst vs A nmse %.3g rel %.3g logprob %.3g, vs B nmse %.3g rel %.3g logprob %.3g\n",
+              fa.mismatches, fa.near_ties, fb.mismatches, fb.near_ties, fa.worst.nmse, fa.worst.rel_max,
+              fa.logprob_diff, fb.worst.nmse, fb.worst.rel_max, fb.logprob_diff);
+  EXPECT_EQ(fa.worst.nonfinite + fb.worst.nonfinite, 0u);
+  EXPECT_EQ(fa.mismatches, fa.near_ties);
+  EXPECT_EQ(fb.mismatches, fb.near_ties);
+  EXPECT_LE(fa.mismatches, steps / 20);
+  EXPECT_LE(fb.mismatches, steps / 40);
+  EXPECT_LT(fa.worst.nmse, kNmseCpuInt4);
+  EXPECT_LT(fa.worst.rel_max, kRelMaxCpuInt4);
+  EXPECT_LT(fa.logprob_diff, kLogprobCpuInt4);
+  EXPECT_LT(fb.worst.nmse, kNmseExact);
+  EXPECT_LT(fb.worst.rel_max, kRelMaxExact);
+  EXPECT_LT(fb.logprob_diff, kLogprobCpuInt4 / 3);
+}
+
+// CUDA graphs (decode steps replayed per padded batch size) against the eager
+// path, bitwise, on the same weights: decode batches of 1..40 sequences of
+// mixed contexts (padding 3 → 4, 9 → 16, 17 → 32, 33 → 64), the same graph
+// replayed with other sequences, a mixed prefill + decode batch (eager in both)
+// and a decode batch right after it.
+TEST_F(CudaModel, GraphReplayEqualsEagerBitwise) {
+  for (const LlamaConfig& cfg : {config_hd32(), config_hd128()}) {
+    TempDir dir("graph");
+    write_model(dir.path, cfg, 17);
+    Trio t = make_trio(dir.path, true);
+    model::CudaBackendOptions o = t.gpu->options();
+    ASSERT_TRUE(o.cuda_graphs);
+    o.cuda_graphs = false;
+    CudaLlama eager(t.cfg, t.cpu_int4->weights(), o);
+    const int vocab = cfg.vocab_size, n_seqs = 40;
+    std::vector<SeqSlice> seqs(n_seqs);
+    Batch prefill;
+    for (int s = 0; s < n_seqs; ++s) {
+      const int len = 2 + (s * 11) % 37;
+      seqs[s] = SeqSlice{some_tokens(len, s, vocab), 0, blocks_from(4 * s, 4), false};
+      prefill.seqs.push_back(seqs[s]);
+    }
+    ASSERT_TRUE(run(*t.gpu, prefill) == run(eager, prefill));
+    for (SeqSlice& s : seqs) {
+      s.start_pos = static_cast<int32_t>(s.tokens.size());
+      s.tokens = {3 + s.start_pos % (vocab - 3)};
+    }
+    int step = 0;
+    auto decode = [&](const std::vector<int>& which) {
+      Batch b;
+      for (int i : which) b.seqs.push_back(seqs[i]);
+      const std::vector<float> g = run(*t.gpu, b), e = run(eager, b);
+      EXPECT_TRUE(g == e) << "head_dim " << cfg.head_dim() << ", step " << step << ", " << which.size()
+                          << " sequences";
+      for (int i : which) {  // the next token of each sequence: the same in both backends
+        seqs[i].start_pos += 1;
+        seqs[i].tokens = {3 + (seqs[i].start_pos * 7 + i) % (vocab - 3)};
+      }
+      ++step;
+    };
+    std::vector<int> all(n_seqs);
+    std::iota(all.begin(), all.end(), 0);
+    decode({5});
+    decode({0, 7, 3});
+    decode({1, 2, 4, 6, 8, 9, 10, 11, 12});
+    decode({12, 11, 10, 9, 8, 6, 4, 2, 1});  // the 16-graph again, other order
+    decode(std::vector<int>(all.begin(), all.begin() + 17));
+    decode(std::vector<int>(all.begin() + 7, all.end()));
+    decode(all);
+    // Prefill + decode in one batch runs eagerly in both; decoding resumes after it.
+    Batch mixed{{SeqSlice{some_tokens(9, 99, vocab), 0, blocks_from(200, 1), true}, seqs[3]}};
+    EXPECT_TRUE(run(*t.gpu, mixed) == run(eager, mixed)) << "head_dim " << cfg.head_dim() << ", mixed batch";
+    seqs[3].start_pos += 1;
+    decode({3, 4});
+    // One graph per padded size (1, 4, 16, 32, 64, 2), each a whole decode step.
+    const int kernels = t.gpu->decode_step_kernels(1);
+    std::printf("graph: head_dim %d, %d kernels per decode step (%d layers)\n", cfg.head_dim(), kernels,
+                cfg.num_hidden_layers);
+    EXPECT_EQ(kernels, t.gpu->decode_step_kernels(64));
+    EXPECT_GE(kernels, 10 * cfg.num_hidden_layers);
+  }
 }
 
 // A sequence's decode logits are bitwise the same alone and inside batches of

@@ -102,6 +102,8 @@ Score lcs_score(const Ids& cand, const Ids& ref) {
   return s;
 }
 
+}  // namespace
+
 void check_length(size_t candidate, size_t reference, size_t max_tokens) {
   const auto fail = [&](const char* side, size_t n) {
     throw TextError(std::string("ROUGE input too long: the ") + side + " has " + std::to_string(n) +
@@ -110,8 +112,6 @@ void check_length(size_t candidate, size_t reference, size_t max_tokens) {
   if (candidate > max_tokens) fail("candidate", candidate);
   if (reference > max_tokens) fail("reference", reference);
 }
-
-}  // namespace
 
 void normalize_tokens(std::vector<std::string>& tokens) {
   size_t kept = 0;

@@ -47,6 +47,10 @@ Score rouge_n(std::span<const std::string> candidate, std::span<const std::strin
 Score rouge_l(std::span<const std::string> candidate, std::span<const std::string> reference,
               size_t max_tokens = kMaxRougeTokens);
 
+// Throws TextError, naming the side and its length but no text, when either
+// side has more than max_tokens tokens.
+void check_length(size_t candidate, size_t reference, size_t max_tokens);
+
 // Length of the longest common subsequence: O(|a|*|b|) time, O(min) memory.
 // No length cap here: rouge_l and rouge_tokens apply one.
 size_t lcs_length(std::span<const std::string> a, std::span<const std::string> b);

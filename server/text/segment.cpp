@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -150,6 +151,11 @@ int64_t JiebaDict::freq(std::string_view word) const {
 }
 
 JiebaDict JiebaDict::load(const std::string& path) {
+  const bool debian_hmm = std::filesystem::exists(std::string(JiebaHmm::kDebianDir) + "/prob_emit.py");
+  return load(path, debian_hmm ? JiebaHmm::kDebianDir : "");
+}
+
+JiebaDict JiebaDict::load(const std::string& path, const std::string& hmm_dir) {
   JiebaDict d;
   {
     std::ifstream in(path, std::ios::binary | std::ios::ate);
@@ -204,6 +210,7 @@ JiebaDict JiebaDict::load(const std::string& path) {
   }
   // jieba would fail on log(0) at the first cut; say so at load instead.
   if (d.total_ == 0) throw TextError("jieba dictionary " + path + ": no word with a positive frequency");
+  if (!hmm_dir.empty()) d.hmm_ = std::make_shared<const JiebaHmm>(JiebaHmm::load(hmm_dir));
   return d;
 }
 
@@ -221,9 +228,15 @@ bool is_jieba_han(char32_t cp) {
 
 }  // namespace
 
+JiebaSegmenter::JiebaSegmenter(const JiebaDict& dict, bool hmm) : dict_(dict), hmm_(hmm ? dict.hmm() : nullptr) {
+  if (hmm && hmm_ == nullptr) {
+    throw TextError("jieba with the HMM needs jieba's HMM tables (python3-jieba's finalseg/), which are not loaded");
+  }
+}
+
 void JiebaSegmenter::segment_into(std::vector<std::string>& dst, std::string_view text) const {
   // jieba.cut: re_han.split(text) into blocks; a han block goes to
-  // __cut_DAG_NO_HMM; any other block is split by re_skip = (\r\n|\s) and
+  // __cut_DAG or __cut_DAG_NO_HMM; any other block is split by re_skip = (\r\n|\s) and
   // yields each piece that is whitespace and each character of the rest,
   // which comes to: every character alone, "\r\n" together.
   for (size_t pos = 0; pos < text.size();) {
@@ -288,6 +301,10 @@ void JiebaSegmenter::cut_block(std::vector<std::string>& dst, std::string_view b
     end[idx] = static_cast<uint32_t>(best_x);
   }
 
+  if (hmm_ != nullptr) {
+    emit_route_hmm(dst, block, at, end);
+    return;
+  }
   // __cut_DAG_NO_HMM: single ASCII letters/digits of the route collect in a
   // buffer that is yielded as one word before the next other word.
   std::string buf;
@@ -308,16 +325,49 @@ void JiebaSegmenter::cut_block(std::vector<std::string>& dst, std::string_view b
   if (!buf.empty()) dst.push_back(std::move(buf));
 }
 
+void JiebaSegmenter::emit_route_hmm(std::vector<std::string>& dst, std::string_view block,
+                                    const std::vector<uint32_t>& at, const std::vector<uint32_t>& end) const {
+  // __cut_DAG: consecutive single characters of the route collect in a
+  // buffer; before the next longer word and at the end it is yielded as it
+  // is when one character long, character by character when it is a word of
+  // the dictionary, and through the HMM (finalseg.cut) otherwise.
+  const size_t n = at.size() - 1;
+  size_t buf_from = 0, buf_len = 0;  // the buffer, in characters
+  const auto flush = [&] {
+    const std::string_view buf = block.substr(at[buf_from], at[buf_from + buf_len] - at[buf_from]);
+    if (buf_len == 1) {
+      dst.emplace_back(buf);
+    } else if (dict_.freq(buf) <= 0) {  // `not FREQ.get(buf)`: absent or a prefix only
+      hmm_->cut_into(dst, buf);
+    } else {
+      for (size_t k = buf_from; k < buf_from + buf_len; ++k) dst.emplace_back(block.substr(at[k], at[k + 1] - at[k]));
+    }
+    buf_len = 0;
+  };
+  for (size_t x = 0; x < n;) {
+    const size_t y = end[x] + 1;
+    if (y - x == 1) {
+      if (buf_len == 0) buf_from = x;
+      ++buf_len;
+    } else {
+      if (buf_len > 0) flush();
+      dst.emplace_back(block.substr(at[x], at[y] - at[x]));
+    }
+    x = y;
+  }
+  if (buf_len > 0) flush();
+}
+
 // ---------------------------------------------------------------- helpers
 
 std::unique_ptr<Segmenter> make_segmenter(std::string_view name, const JiebaDict* dict) {
   if (name == "char") return std::make_unique<CharSegmenter>();
   if (name == "english") return std::make_unique<EnglishSegmenter>();
-  if (name == "jieba") {
-    if (dict == nullptr) throw TextError("segmenter \"jieba\" needs a loaded jieba dictionary");
-    return std::make_unique<JiebaSegmenter>(*dict);
+  if (name == "jieba" || name == "jieba-nohmm") {
+    if (dict == nullptr) throw TextError("segmenter \"" + std::string(name) + "\" needs a loaded jieba dictionary");
+    return std::make_unique<JiebaSegmenter>(*dict, name == "jieba");
   }
-  throw TextError("unknown segmenter \"" + std::string(name) + "\" (expected char, english or jieba)");
+  throw TextError("unknown segmenter \"" + std::string(name) + "\" (expected char, english, jieba or jieba-nohmm)");
 }
 
 bool mostly_cjk(std::string_view text) {

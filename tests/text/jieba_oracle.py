@@ -1,32 +1,39 @@
 #!/usr/bin/python3
 """Expected tokens and ROUGE scores from python3-jieba, for test_text.
 
-Run with Debian's /usr/bin/python3 (python3-jieba; see shared/README.md):
+Run with Debian's /usr/bin/python3 (python3-jieba, and python3-six for
+rouge_chinese; see shared/README.md):
 
-    jieba_oracle.py --shared ../shared --out DIR --what segment|rouge
+    jieba_oracle.py --shared ../shared --out DIR --what segment|rouge|rouge_chinese
 
 Writes into DIR:
 
     dict_path     the dict.txt that jieba loads (one line); the C++ side loads it too
     segment.bin   (--what segment) a count line, then per case:
                     label line, <len>\\n<text bytes>\\n,
-                    jieba tokens: <n>\\n then per token <len>\\n<bytes>\\n,
+                    jieba.cut(text) tokens: <n>\\n then per token <len>\\n<bytes>\\n,
+                    jieba.cut(text, HMM=False) tokens: the same,
                     char tokens: the same, or "-1\\n" when the text holds a
                     character that char_tokens() below does not model
-    rouge.bin     (--what rouge) a count line, then per pair:
+    rouge.bin     (--what rouge, --what rouge_chinese) a count line, then per pair:
                     label line, segmenter name line, <len>\\n<candidate>\\n,
                     <len>\\n<reference>\\n, one line of nine floats (repr):
-                    rouge1 P R F, rouge2 P R F, rougeL P R F
+                    rouge1 P R F, rouge2 P R F, rougeL P R F; or the line
+                    "ValueError" when rouge_chinese raised it
 
-segment: jieba.cut(text, HMM=False) of every findings and impression of
-COV-CTR, the first 200 of its English translations and 200 IU X-ray texts,
-edge cases, seeded random mixtures of dictionary words and characters around
-jieba's pattern boundaries, and one long text. rouge: the definitions of
-rouge-score (google-research), reimplemented here in a few lines, over
-impression pairs of COV-CTR with the char and jieba segmenters and over
-English pairs with rouge-score's own tokenizer.
+segment: jieba.cut with and without the HMM of every findings and impression
+of both data sets (COV-CTR's Chinese and English, IU X-ray), edge cases,
+seeded random mixtures of dictionary words and characters around jieba's
+pattern boundaries, random runs of Han characters (the HMM's ground), and one
+long text. rouge: the definitions of rouge-score (google-research),
+reimplemented here in a few lines, over impression pairs of COV-CTR with the
+char and jieba segmenters and over English pairs with rouge-score's own
+tokenizer. rouge_chinese: the rouge_chinese 1.0.3 package itself
+(../shared/oracles/rouge_chinese) on ' '.join(tokens) of every COV-CTR row
+(impression vs another row's, findings vs its impression), 400 IU X-ray
+pairs, COV-CTR's English and sentence-splitting edge cases.
 
-Exit codes: 0 ok, 3 jieba missing, 4 test assets missing, anything else a bug.
+Exit codes: 0 ok, 3 jieba or six missing, 4 test assets missing, anything else a bug.
 """
 
 import argparse
@@ -54,6 +61,18 @@ EDGE_CASES = [
     "\u4e00\u9fd5\u9fd6\u9fff\u3400", "\u3007\u3005", "\u3000肺\u3000", "肺\u00a0叶", "肺\x85叶", "\U00020000肺",
     "😀肺炎", "e\u0301", "\ufeff肺", "肺\ufffd叶", "１２３ＡＢＣ", "İstanbul", "5\u212a",
     "右肺上叶炎性病变（符合病毒性肺炎）", "两肺多发磨玻璃密度影，考虑病毒性肺炎可能。",
+    # The HMM's input: single characters of the route that are no word, with
+    # ASCII runs finalseg splits by [a-zA-Z0-9]+(?:\.\d+)?%?.
+    "鲲鹏磬砉犇骉", "右肺见磬砉影3.5%a1.2.3b", "x1.2%磬3.b4.5.6砉", "磬%%砉#+&_-.磬", "磬a磬1磬", "磬砉。",
+    "龘", "龘龘", "龘\u9fd5龘", "张三李四王五赵六", "患者韩梅梅复查",
+]
+
+# Texts whose sentences rouge_chinese's cut_sent splits in every way: its four
+# rules, whitespace-only sentences (an empty word), trailing whitespace.
+SENTENCE_CASES = [
+    "双肺纹理清晰。右肺小结节。", "双肺纹理清晰。。右肺？！结节?", "他说：“肺炎。”然后“好转！”，复查。",
+    "病灶......好转......。", "病灶……好转……”复查", "肺炎。\n\n \n结节", "肺炎。 \u3000 \n结节。\n  ",
+    "肺炎’。”。’结节", "?“?”?", "。", "……", ".......", "lung clear. no effusion? yes!", "a\u00a0b\u2028c\x1cd",
 ]
 
 # Characters around jieba's han pattern and the skip pattern, and others a
@@ -192,6 +211,18 @@ def rouge(candidate, reference):
         score_lcs(reference, candidate)
 
 
+def random_han(rng, count):
+    """Runs of Han characters drawn from common and rare ones: most are no
+    dictionary word together, so __cut_DAG hands them to the HMM."""
+    common = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处队南给色光门即保治北造百规热领七海口东导器压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安场身车例真务具万每目至达走积示议声报斗完类八离华名确才科张信马节话米整空元况今集温传土许步群广石记需段研界拉林律叫且究观越织装影算低持音众书布复容儿须际商非验连断深难近矿千周委素技备半办青省列习响约支般史感劳便团往酸历市克何除消构府称太准精值号率族维划选标写存候毛亲快效斯院查江型眼王按格养易置派层片始却专状育厂京识适属圆包火住调满县局照参红细引听该铁价严"
+    rare = "".join(chr(c) for c in range(0x9F80, 0x9FD6)) + "磬砉犇骉鲲鹏龘靐齉爩"
+    out = []
+    for i in range(count):
+        pool = common if i % 3 else rare + common[:40]
+        out.append((f"random han {i}", "".join(rng.choice(pool) for _ in range(rng.randint(1, 30)))))
+    return out
+
+
 # ---------------------------------------------------------------- output
 
 def blob(f, data):
@@ -215,13 +246,13 @@ def segment_cases(shared):
     for i, row in enumerate(cov):
         texts.append((f"cov-ctr row {i} findings", row["findings"]))
         texts.append((f"cov-ctr row {i} impression", row["impression"]))
-    texts += [(f"cov-ctr row {i} reports_En", row["reports_En"]) for i, row in enumerate(cov[:200])]
-    iu_texts = [(f"iu-xray row {i} {col}", row[col]) for i, row in enumerate(iu) for col in ("findings", "impression")
-                if row[col]]
-    texts += iu_texts[:200]
-    texts += [(f"edge case {i}", t) for i, t in enumerate(EDGE_CASES)]
+    texts += [(f"cov-ctr row {i} reports_En", row["reports_En"]) for i, row in enumerate(cov)]
+    texts += [(f"iu-xray row {i} {col}", row[col]) for i, row in enumerate(iu) for col in ("findings", "impression")
+              if row[col]]
+    texts += [(f"edge case {i}", t) for i, t in enumerate(EDGE_CASES + SENTENCE_CASES)]
     words = sorted(w for w, f in jieba.dt.FREQ.items() if f)
     texts += random_texts(random.Random(20240611), words, 400)
+    texts += random_han(random.Random(20261203), 600)
     # One long block of Han characters only: the route over thousands of characters.
     han = "".join(ch for _, t in texts[:1200] for ch in t if 0x4E00 <= ord(ch) <= 0x9FD5)
     texts.append(("long han block", han[:20000]))
@@ -252,8 +283,41 @@ def rouge_pairs(shared):
     return pairs
 
 
+def rouge_chinese_pairs(shared):
+    """(label, segmenter, candidate, reference) for rouge_chinese."""
+    cov = read_rows(shared, COV_CTR)
+    iu = read_rows(shared, IU_XRAY)
+    n = len(cov)
+    pairs = []
+    for i, row in enumerate(cov):
+        j = (i * 37 + 11) % n
+        pairs.append((f"cov-ctr impression {i} vs {j}", "jieba", row["impression"], cov[j]["impression"]))
+        pairs.append((f"cov-ctr findings {i} vs its impression", "jieba", row["findings"], row["impression"]))
+    for i in range(0, n, 6):  # the other segmenters the mode takes
+        j = (i * 41 + 5) % n
+        pairs.append((f"cov-ctr impression {i} vs {j}", "jieba-nohmm", cov[i]["impression"], cov[j]["impression"]))
+        if char_tokens(cov[i]["findings"]) is not None and char_tokens(cov[i]["impression"]) is not None:
+            pairs.append((f"cov-ctr findings {i} vs its impression", "char", cov[i]["findings"], cov[i]["impression"]))
+    for i in range(100):
+        j = (i * 43 + 9) % n
+        pairs.append((f"cov-ctr reports_En {i} vs {j}", "jieba", cov[i]["reports_En"], cov[j]["reports_En"]))
+    iu = [row for row in iu if row["findings"] and row["impression"]]
+    for i in range(200):
+        j = (i * 29 + 3) % len(iu)
+        pairs.append((f"iu-xray impression {i} vs {j}", "jieba", iu[i]["impression"], iu[j]["impression"]))
+        pairs.append((f"iu-xray findings {i} vs its impression", "jieba", iu[i]["findings"], iu[i]["impression"]))
+    cases = SENTENCE_CASES + ["", " ", "\n\n", "\u3000"]
+    for i, cand in enumerate(cases):
+        ref = cases[(i + 1) % len(cases)]
+        pairs.append((f"sentence case {i} vs {(i + 1) % len(cases)}", "jieba", cand, ref))
+        pairs.append((f"sentence case {i} vs itself", "jieba", cand, cand))
+    return pairs
+
+
 def tokens_for(seg, text):
     if seg == "jieba":
+        return rouge_tokens(list(jieba.cut(text)))
+    if seg == "jieba-nohmm":
         return rouge_tokens(list(jieba.cut(text, HMM=False)))
     if seg == "char":
         tokens = char_tokens(text)
@@ -263,11 +327,40 @@ def tokens_for(seg, text):
     return english_tokens(text)
 
 
+def raw_tokens(seg, text):
+    """Tokens as the segmenter yields them, for rouge_chinese's ' '.join()."""
+    if seg == "jieba":
+        return list(jieba.cut(text))
+    if seg == "jieba-nohmm":
+        return list(jieba.cut(text, HMM=False))
+    return char_tokens(text)
+
+
+def import_rouge_chinese(shared):
+    """Rouge().get_scores(hyp, ref)[0] as nine floats, from the package source in shared/oracles."""
+    path = os.path.join(shared, "oracles", "rouge_chinese")
+    if not os.path.isdir(path):
+        fail_assets(path)
+    try:
+        import six  # noqa: F401  (rouge_chinese imports it)
+    except ImportError:
+        sys.stderr.write("python3-six is not installed for /usr/bin/python3 (apt-get install python3-six)\n")
+        sys.exit(3)
+    sys.path.insert(0, path)
+    from rouge_chinese import Rouge
+    r = Rouge()
+
+    def score(hyp, ref):
+        s = r.get_scores(hyp, ref)[0]
+        return [s[m][k] for m in ("rouge-1", "rouge-2", "rouge-l") for k in ("p", "r", "f")]
+    return score
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--what", required=True, choices=["segment", "rouge"])
+    ap.add_argument("--what", required=True, choices=["segment", "rouge", "rouge_chinese"])
     args = ap.parse_args()
 
     jieba.setLogLevel(60)  # no "Building prefix dict" chatter on stderr
@@ -283,18 +376,29 @@ def main():
             for label, text in cases:
                 f.write(label.encode("utf-8") + b"\n")
                 blob(f, text)
+                write_tokens(f, list(jieba.cut(text)))
                 write_tokens(f, list(jieba.cut(text, HMM=False)))
                 write_tokens(f, char_tokens(text))
-    else:
+        return
+    if args.what == "rouge":
         pairs = rouge_pairs(args.shared)
-        with open(os.path.join(args.out, "rouge.bin"), "wb") as f:
-            f.write(b"%d\n" % len(pairs))
-            for label, seg, cand, ref in pairs:
-                scores = rouge(tokens_for(seg, cand), tokens_for(seg, ref))
-                f.write(label.encode("utf-8") + b"\n" + seg.encode("ascii") + b"\n")
-                blob(f, cand)
-                blob(f, ref)
-                f.write(" ".join(repr(float(s)) for s in scores).encode("ascii") + b"\n")
+        score = lambda seg, cand, ref: rouge(tokens_for(seg, cand), tokens_for(seg, ref))
+    else:
+        rouge_chinese = import_rouge_chinese(args.shared)
+        pairs = rouge_chinese_pairs(args.shared)
+        score = lambda seg, cand, ref: rouge_chinese(" ".join(raw_tokens(seg, cand)), " ".join(raw_tokens(seg, ref)))
+    with open(os.path.join(args.out, "rouge.bin"), "wb") as f:
+        f.write(b"%d\n" % len(pairs))
+        for label, seg, cand, ref in pairs:
+            f.write(label.encode("utf-8") + b"\n" + seg.encode("ascii") + b"\n")
+            blob(f, cand)
+            blob(f, ref)
+            try:
+                scores = score(seg, cand, ref)
+            except ValueError:  # rouge_chinese on an empty side
+                f.write(b"ValueError\n")
+                continue
+            f.write(" ".join(repr(float(s)) for s in scores).encode("ascii") + b"\n")
 
 
 if __name__ == "__main__":

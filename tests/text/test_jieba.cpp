@@ -1,16 +1,17 @@
-// The jieba reimplementation on small dictionaries written here, where every
-// route is computed by hand; test_jieba_oracle.cpp checks the real dict.txt
-// against python3-jieba.
+// The jieba reimplementation without the HMM (jieba.cut(text, HMM=False)) on
+// small dictionaries written here, where every route is computed by hand;
+// test_jieba_hmm.cpp adds the HMM, test_jieba_oracle.cpp checks the real
+// dict.txt against python3-jieba.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "server/text/segment.h"
+#include "tests/text/segment_threads.h"
 
 namespace chatradio::text {
 namespace {
@@ -95,7 +96,7 @@ TEST(JiebaDict, RejectsWhatJiebaRejects) {
 TEST(JiebaSegmenter, MaximumProbabilityRoute) {
   const DictFile file(kDict);
   const JiebaDict dict = JiebaDict::load(file.path());
-  const JiebaSegmenter seg(dict);
+  const JiebaSegmenter seg(dict, /*hmm=*/false);
   EXPECT_EQ(seg.segment("研究生命起源"), (Tokens{"研究", "生命", "起源"}));
   // Characters outside the dictionary fall back to themselves.
   EXPECT_EQ(seg.segment("研究肺炎"), (Tokens{"研究", "肺", "炎"}));
@@ -103,13 +104,13 @@ TEST(JiebaSegmenter, MaximumProbabilityRoute) {
   // With 研究生 frequent, 研究生 命 (1000*10) beats 研究 生命 (100*80).
   const DictFile file2(std::string(kDict) + "研究生 1000 n\n");
   const JiebaDict dict2 = JiebaDict::load(file2.path());
-  EXPECT_EQ(JiebaSegmenter(dict2).segment("研究生命起源"), (Tokens{"研究生", "命", "起源"}));
+  EXPECT_EQ(JiebaSegmenter(dict2, /*hmm=*/false).segment("研究生命起源"), (Tokens{"研究生", "命", "起源"}));
 }
 
 TEST(JiebaSegmenter, AsciiRunsAndNonHanCharacters) {
   const DictFile file(kDict);
   const JiebaDict dict = JiebaDict::load(file.path());
-  const JiebaSegmenter seg(dict);
+  const JiebaSegmenter seg(dict, /*hmm=*/false);
   // Single ASCII letters/digits of the route gather into one token...
   EXPECT_EQ(seg.segment("ab研究3x"), (Tokens{"ab", "研究", "3x"}));
   // ...but a dictionary word with ASCII in it stays a word of its own.
@@ -129,7 +130,7 @@ TEST(JiebaSegmenter, AsciiRunsAndNonHanCharacters) {
 TEST(JiebaSegmenter, InvalidUtf8BecomesByteTokens) {
   const DictFile file(kDict);
   const JiebaDict dict = JiebaDict::load(file.path());
-  const JiebaSegmenter seg(dict);
+  const JiebaSegmenter seg(dict, /*hmm=*/false);
   EXPECT_EQ(seg.segment("研\xff究"), (Tokens{"研", "\xff", "究"}));
   EXPECT_EQ(seg.segment("研究\xe7\x94"), (Tokens{"研究", "\xe7", "\x94"}));
 }
@@ -137,18 +138,8 @@ TEST(JiebaSegmenter, InvalidUtf8BecomesByteTokens) {
 TEST(JiebaSegmenter, SharedDictionaryAcrossThreads) {
   const DictFile file(kDict);
   const JiebaDict dict = JiebaDict::load(file.path());
-  const auto seg = make_segmenter("jieba", &dict);
-  const std::string text = "研究生命起源，ab研究3x\r\n";
-  const Tokens expected = seg->segment(text);
-  std::vector<Tokens> got(4);
-  std::vector<std::thread> threads;
-  for (Tokens& g : got) {
-    threads.emplace_back([&] {
-      for (int i = 0; i < 200; ++i) g = seg->segment(text);
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  for (const Tokens& g : got) EXPECT_EQ(g, expected);
+  const auto seg = make_segmenter("jieba-nohmm", &dict);
+  expect_same_tokens_across_threads(*seg, "研究生命起源，ab研究3x\r\n");
 }
 
 }  // namespace

@@ -163,7 +163,7 @@ struct Tokenizer::Impl {
   // what this implementation does not support, and builds the tables.
   static std::unique_ptr<Impl> build(spm::ModelProto proto, const std::string& path);
 
-  std::string normalize(std::string_view input) const;
+  std::string normalize(std::string_view input, bool dummy_prefix) const;
   void encode_normalized(std::vector<int32_t>& dst, std::string_view text) const;
   bool append_surface(std::string& dst, int32_t id, bool at_start) const;
 };
@@ -264,7 +264,7 @@ std::unique_ptr<Tokenizer::Impl> Tokenizer::Impl::build(spm::ModelProto proto, c
 // spm's Normalizer::Normalize without a charsmap: only spaces are touched
 // (tabs and newlines pass through), malformed bytes become U+FFFD one byte
 // at a time, user-defined pieces pass whole.
-std::string Tokenizer::Impl::normalize(std::string_view input) const {
+std::string Tokenizer::Impl::normalize(std::string_view input, bool dummy_prefix) const {
   const auto next = [this](std::string_view s) -> std::pair<std::string_view, size_t> {
     if (const size_t n = match_user_symbol(s)) return {s.substr(0, n), n};
     if (const size_t n = valid_char_len(s)) return {s.substr(0, n), n};
@@ -282,7 +282,7 @@ std::string Tokenizer::Impl::normalize(std::string_view input) const {
 
   const std::string_view space = escape_whitespaces ? kSpaceSymbol : " ";
   out.reserve(input.size() + input.size() / 2 + space.size());
-  if (add_dummy_prefix && !whitespace_as_suffix) out += space;
+  if (dummy_prefix && add_dummy_prefix && !whitespace_as_suffix) out += space;
   bool prev_space = remove_extra_whitespaces;
   while (!input.empty()) {
     auto [text, consumed] = next(input);
@@ -305,7 +305,7 @@ std::string Tokenizer::Impl::normalize(std::string_view input) const {
     while (std::string_view(out).substr(0, end).ends_with(space)) end -= space.size();
     out.erase(end);
   }
-  if (add_dummy_prefix && whitespace_as_suffix) out += space;
+  if (dummy_prefix && add_dummy_prefix && whitespace_as_suffix) out += space;
   return out;
 }
 
@@ -458,7 +458,13 @@ Tokenizer Tokenizer::load(const std::string& path) {
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) const {
   std::vector<int32_t> ids;
   if (add_bos && impl_->bos >= 0) ids.push_back(impl_->bos);
-  impl_->encode_normalized(ids, impl_->normalize(text));
+  impl_->encode_normalized(ids, impl_->normalize(text, /*dummy_prefix=*/true));
+  return ids;
+}
+
+std::vector<int32_t> Tokenizer::encode_continuation(std::string_view text) const {
+  std::vector<int32_t> ids;
+  impl_->encode_normalized(ids, impl_->normalize(text, /*dummy_prefix=*/false));
   return ids;
 }
 

@@ -21,6 +21,11 @@ class Tokenizer {
   // Ids of `text` (UTF-8; invalid bytes are treated as SentencePiece does).
   // No BOS unless add_bos. O(n log n) in the text length.
   std::vector<int32_t> encode(std::string_view text, bool add_bos = false) const;
+  // Ids of `text` read as the continuation of earlier text: without the
+  // dummy-prefix "▁" that sentencepiece puts before a whole text. Generated
+  // output decodes without its first piece's "▁", so this reading is the one
+  // that can give back the ids a model generated after a prompt.
+  std::vector<int32_t> encode_continuation(std::string_view text) const;
   // Text of ids, as sentencepiece's DecodeIds would produce it. An id outside
   // the vocabulary renders like <unk> (" ⁇ ") where spm would fail the call.
   std::string decode(const std::vector<int32_t>& ids) const;

@@ -1,5 +1,7 @@
 #include "server/service/health.h"
 
+#include "server/service/request_log.h"
+
 namespace chatradio::service {
 
 using grpc::health::v1::HealthCheckResponse;
@@ -50,7 +52,7 @@ grpc::Status HealthService::Check(grpc::ServerContext* /*ctx*/, const grpc::heal
   std::lock_guard<std::mutex> lock(mu_);
   const ServingStatus st = status_of(req->service());
   if (st == HealthCheckResponse::SERVICE_UNKNOWN) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service '" + req->service() + "'");
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, "unknown service '" + clip(req->service()) + "'");
   }
   resp->set_status(st);
   return grpc::Status::OK;

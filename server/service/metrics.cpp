@@ -8,7 +8,14 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <stdexcept>
+#include <thread>
 
 #include "server/engine/engine.h"
 #include "server/service/request_mapping.h"
@@ -35,7 +42,8 @@ struct ServiceMetrics::Families {
   prometheus::Counter* generated_tokens = nullptr;
   prometheus::Counter* prefix_hits = nullptr;
   prometheus::Counter* prefix_misses = nullptr;
-  prometheus::Counter* preemptions = nullptr;
+  prometheus::Counter* preemptions_kv = nullptr;
+  prometheus::Counter* preemptions_slot = nullptr;
   prometheus::Family<prometheus::Counter>* guards = nullptr;
   prometheus::Gauge* running = nullptr;
   prometheus::Gauge* waiting = nullptr;
@@ -103,11 +111,13 @@ ServiceMetrics::ServiceMetrics() : registry_(std::make_shared<prometheus::Regist
                            .Help("Prompt KV blocks not found in the prefix cache.")
                            .Register(r)
                            .Add({});
-  f_->preemptions = &BuildCounter()
-                         .Name("chatradio_preemptions_total")
-                         .Help("Running requests preempted to free KV cache blocks.")
-                         .Register(r)
-                         .Add({});
+  auto& preemptions = BuildCounter()
+                          .Name("chatradio_preemptions_total")
+                          .Help("Running requests preempted (and later recomputed), by reason: kv (to free KV "
+                                "cache blocks) or slot (a higher-ranked request, e.g. STAT, took its batch slot).")
+                          .Register(r);
+  f_->preemptions_kv = &preemptions.Add({{"reason", "kv"}});
+  f_->preemptions_slot = &preemptions.Add({{"reason", "slot"}});
   f_->guards = &BuildCounter()
                     .Name("chatradio_guard_triggers_total")
                     .Help("Output guards that fired, by guard.")
@@ -148,7 +158,7 @@ ServiceMetrics::ServiceMetrics() : registry_(std::make_shared<prometheus::Regist
 }
 
 ServiceMetrics::~ServiceMetrics() {
-  exposer_.reset();  // no scrape may run once the members go away
+  stop_exposer();  // no scrape may run once the members go away
 }
 
 void ServiceMetrics::expose(const std::string& host, int port, bool any_port) {
@@ -163,6 +173,45 @@ void ServiceMetrics::expose(const std::string& host, int port, bool any_port) {
   exposer_->RegisterCollectable(collector_);
   const std::vector<int> ports = exposer_->GetListeningPorts();
   port_ = ports.empty() ? port : ports.front();
+  host_ = host;
+}
+
+namespace {
+
+// Opens and closes one TCP connection to host:port (a wildcard host means this
+// machine); failures are fine, the caller just tries again.
+void knock(const std::string& host, int port) {
+  const std::string target = host == "0.0.0.0" || host.empty() ? "127.0.0.1" : host == "::" ? "::1" : host;
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(target.c_str(), std::to_string(port).c_str(), &hints, &res) != 0) return;
+  const int fd = socket(res->ai_family, res->ai_socktype, res->ai_protocol);
+  if (fd >= 0) {
+    connect(fd, res->ai_addr, res->ai_addrlen);
+    close(fd);
+  }
+  freeaddrinfo(res);
+}
+
+}  // namespace
+
+void ServiceMetrics::stop_exposer() {
+  if (!exposer_) return;
+  // civetweb's listener thread polls its socket in 2 s quanta and only then
+  // sees that it should stop (the 2 s an exiting server used to hang after
+  // its "exit" line); a connection wakes it at once. Knock until it is gone.
+  std::atomic<bool> stopped{false};
+  std::thread waker([&] {
+    while (!stopped.load()) {
+      knock(host_, port_);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  exposer_.reset();
+  stopped = true;
+  waker.join();
+  port_ = 0;
 }
 
 void ServiceMetrics::set_engine(const engine::Engine* engine) {
@@ -187,7 +236,8 @@ void ServiceMetrics::refresh_engine() {
     if (now > seen) c->Increment(static_cast<double>(now - seen));
     seen = std::max(seen, now);
   };
-  bump(f_->preemptions, s.preemptions, seen_preemptions_);
+  bump(f_->preemptions_kv, s.preemptions_kv, seen_preemptions_kv_);
+  bump(f_->preemptions_slot, s.preemptions_slot, seen_preemptions_slot_);
   bump(f_->prefix_hits, s.prefix_hits, seen_hits_);
   bump(f_->prefix_misses, s.prefix_misses, seen_misses_);
 }

@@ -47,6 +47,9 @@ class ServiceMetrics {
   // port cannot be bound.
   void expose(const std::string& host, int port, bool any_port);
   int port() const { return port_; }  // 0 when not exposed
+  // Stops serving (joins the exposer's threads); idempotent. The drain calls
+  // it, so nothing is left to stop after the server's "exit" line.
+  void stop_exposer();
 
   // The engine whose stats the scrape reads; null detaches it (before the
   // engine is destroyed). Thread-safe against concurrent scrapes.
@@ -71,10 +74,11 @@ class ServiceMetrics {
   std::shared_ptr<Collector> collector_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
+  std::string host_;
 
   std::mutex mu_;  // engine_ and the last-seen engine counters
   const engine::Engine* engine_ = nullptr;
-  uint64_t seen_preemptions_ = 0, seen_hits_ = 0, seen_misses_ = 0;
+  uint64_t seen_preemptions_kv_ = 0, seen_preemptions_slot_ = 0, seen_hits_ = 0, seen_misses_ = 0;
 };
 
 }  // namespace chatradio::service

@@ -9,7 +9,8 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <thread>
+
+#include "kernels/cpu/thread_pool.h"
 
 namespace chatradio::service {
 
@@ -76,8 +77,9 @@ const std::vector<Spec>& specs() {
       s.set = [](ServerOptions& o, const std::string& v) { o.backend = v; };
       t.push_back(std::move(s));
     }
-    t.push_back(int_opt("threads", "CPU threads for the forward pass (default: all cores)", 1, 4096,
-                        &ServerOptions::threads));
+    t.push_back(int_opt("threads",
+                        "CPU threads for the forward pass (default: the usable cores, cgroup CPU quota included)",
+                        1, 4096, &ServerOptions::threads));
     t.push_back(int_opt("kv-blocks", "KV cache pool size in blocks (default 256)", 1, 1 << 24,
                         &ServerOptions::kv_blocks));
     t.push_back(int_opt("kv-block-size", "tokens per KV block (default 16)", 1, 1024,
@@ -109,12 +111,15 @@ const std::vector<Spec>& specs() {
     t.push_back(str_opt("host", "ADDR", "address the gRPC server binds (default 0.0.0.0)", &ServerOptions::host));
     t.push_back(int_opt("port", "gRPC port (default 50051; 0 = any free port, logged)", 0, 65535,
                         &ServerOptions::port));
-    t.push_back(str_opt("metrics-host", "ADDR", "address the metrics exposer binds (default 0.0.0.0)",
+    t.push_back(str_opt("metrics-host", "ADDR",
+                        "address the metrics exposer binds (default 127.0.0.1: plain HTTP, no auth)",
                         &ServerOptions::metrics_host));
     t.push_back(int_opt("metrics-port", "Prometheus /metrics port (default 9464; 0 = off)", 0, 65535,
                         &ServerOptions::metrics_port));
     t.push_back(int_opt("max-receive-message-bytes", "largest request message accepted (default 1048576)", 1024,
                         kMaxInt, &ServerOptions::max_receive_message_bytes));
+    t.push_back(int_opt("max-metadata-bytes", "largest request headers (metadata) of one call (default 65536)",
+                        1024, 1 << 20, &ServerOptions::max_metadata_bytes));
     t.push_back(int_opt("max-send-message-bytes", "largest response message sent (default 4194304)", 1024, kMaxInt,
                         &ServerOptions::max_send_message_bytes));
     t.push_back(int_opt("keepalive-time", "seconds between keepalive pings on idle connections (default 60)", 1,
@@ -156,7 +161,8 @@ const std::vector<Spec>& specs() {
     t.push_back(int_opt("repetition-min-span", "tokens a loop must cover at least (default 12)", 1, 1 << 20,
                         &ServerOptions::repetition_min_span));
     t.push_back(path_opt("jieba-dict", "FILE",
-                         "jieba dict.txt for SEGMENTER_JIEBA (default: Debian python3-jieba's, when present)",
+                         "jieba dict.txt for ROUGE with jieba, the default mode's segmenter (default: Debian "
+                         "python3-jieba's, when present; HMM tables from its finalseg/)",
                          &ServerOptions::jieba_dict));
     t.push_back(int_opt("warmup-tokens", "tokens the start-up warm-up generation produces (default 4)", 1, 1024,
                         &ServerOptions::warmup_tokens));
@@ -332,7 +338,7 @@ bool parse_options(ServerOptions& dst, int argc, const char* const* argv) {
   }
   if (!config_path.empty()) apply_config_json(dst, read_file(config_path, "--config"), config_path);
   for (const auto& [name, value] : given) apply(dst, *find_spec(name), value, "--" + name, fs::path());
-  if (dst.threads <= 0) dst.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (dst.threads <= 0) dst.threads = kernels::cpu::default_thread_count();
   if (dst.templates_path.empty()) dst.templates_path = default_templates_path();
   if (dst.jieba_dict.empty() && fs::exists("/usr/lib/python3/dist-packages/jieba/dict.txt")) {
     dst.jieba_dict = "/usr/lib/python3/dist-packages/jieba/dict.txt";

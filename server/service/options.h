@@ -43,13 +43,19 @@ struct ServerOptions {
   // Network.
   std::string host = "0.0.0.0";
   int port = 50051;                   // 0 = any free port (logged as "listening")
-  std::string metrics_host = "0.0.0.0";
+  // Loopback by default: the exposer is plain HTTP without auth even when gRPC
+  // uses TLS; expose it wider deliberately (--metrics-host 0.0.0.0).
+  std::string metrics_host = "127.0.0.1";
   int metrics_port = 9464;            // 0 = no metrics exposer
   // Tests only (never from the command line): bind the exposer to any free
   // port although metrics_port is 0; ChatradioServer::metrics_port() tells it.
   bool metrics_any_port = false;
   int max_receive_message_bytes = 1 << 20;
   int max_send_message_bytes = 4 << 20;
+  // Headers of one call (gRPC's GRPC_ARG_MAX_METADATA_SIZE; its default is
+  // 8 KiB). gRPC 1.51 fails every call of the connection when one call's
+  // headers exceed it, so it is set well above what real clients send.
+  int max_metadata_bytes = 64 << 10;
   int keepalive_time_s = 60;          // server pings idle connections this often
   int keepalive_timeout_s = 20;       // and closes them when a ping goes unanswered
   bool reflection = true;             // grpc.reflection.v1alpha (schema only, no data)

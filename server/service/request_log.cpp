@@ -39,12 +39,11 @@ std::string dump(const nlohmann::ordered_json& j) { return j.dump(-1, ' ', false
 
 }  // namespace
 
-std::string clip_id(std::string_view s) {
-  constexpr size_t kMax = 128;
-  if (s.size() <= kMax) return std::string(s);
-  size_t n = kMax;
+std::string clip(std::string_view s) {
+  if (s.size() <= kClipBytes) return std::string(s);
+  size_t n = kClipBytes;
   while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // don't split a character
-  return std::string(s.substr(0, n));
+  return std::string(s.substr(0, n)) + "…";
 }
 
 Logger::Logger(Sink sink) : sink_(std::move(sink)) {}
@@ -62,11 +61,11 @@ void Logger::write(const std::string& line) {
 void Logger::request(const RequestRecord& r) {
   nlohmann::ordered_json j = base("request");
   j["request_id"] = r.request_id;
-  j["client_request_id"] = clip_id(r.client_request_id);
+  j["client_request_id"] = clip(r.client_request_id);
   j["rpc"] = r.rpc;
   j["code"] = std::string(code_name(r.code));
   if (!r.error.empty()) j["error"] = r.error;
-  j["institution_id"] = clip_id(r.institution_id);
+  j["institution_id"] = clip(r.institution_id);
   j["template_id"] = r.template_id;
   if (!r.language.empty()) j["language"] = r.language;
   if (!r.priority.empty()) j["priority"] = r.priority;

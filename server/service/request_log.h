@@ -20,11 +20,11 @@ namespace chatradio::service {
 // Everything the request line says. Times are seconds; negative = not measured.
 struct RequestRecord {
   std::string request_id;
-  std::string client_request_id;  // clipped and escaped: it is caller-controlled
+  std::string client_request_id;  // caller-controlled: clipped (clip()) and escaped when written
   std::string rpc;
   grpc::StatusCode code = grpc::StatusCode::OK;
   std::string error;              // our status message: names fields and counts, never text
-  std::string institution_id;     // clipped like client_request_id
+  std::string institution_id;     // caller-controlled, like client_request_id
   std::string template_id;
   std::string language;           // "zh" / "en"
   std::string priority;           // "routine" / "stat"
@@ -58,7 +58,11 @@ class Logger {
   std::mutex mu_;  // whole lines, never interleaved
 };
 
-// At most 128 bytes of `s`, cut on a UTF-8 boundary; for caller-supplied ids.
-std::string clip_id(std::string_view s);
+// Every caller-supplied string that reaches a status message or a log goes
+// through this: at most kClipBytes bytes of `s`, cut on a UTF-8 boundary, with
+// "…" appended when something was cut. A 100 kB template id must not become a
+// 100 kB log line, nor trailers larger than the client accepts.
+constexpr size_t kClipBytes = 64;
+std::string clip(std::string_view s);
 
 }  // namespace chatradio::service

@@ -3,10 +3,15 @@
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/unknown_field_set.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <sstream>
 
+#include "server/text/rouge_chinese.h"
+#include "server/text/segment.h"
+#include "server/service/request_log.h"
 #include "server/text/utf8.h"
 
 namespace chatradio::service {
@@ -215,9 +220,14 @@ Status prepare_prompt(PreparedPrompt& dst, const prompt::TemplateSet& templates,
   if (!context.template_id().empty()) id = context.template_id();
   const prompt::Selection sel = templates.select(id, language, body);
   if (!sel) {
+    // select() quotes the requested id, which is the caller's: clipped.
+    std::string msg = sel.error;
+    if (const size_t at = id ? msg.find(*id) : std::string::npos; at != std::string::npos) {
+      msg.replace(at, id->size(), clip(*id));
+    }
     return Status(sel.error_kind == prompt::SelectError::kLanguageMismatch ? StatusCode::INVALID_ARGUMENT
                                                                            : StatusCode::NOT_FOUND,
-                  sel.error);
+                  msg);
   }
   const prompt::Rendered rendered = prompt::render(*sel.tmpl, prompt::RenderInput{findings, modality, body});
   dst.ids = prompt::encode_prompt(tok, rendered);
@@ -258,11 +268,105 @@ Status check_score_texts(const v1::ScoreRequest& req, const prompt::FindingsLimi
   return Status::OK;
 }
 
+std::vector<int32_t> candidate_ids(const model::Tokenizer& tok, std::string_view candidate) {
+  std::vector<int32_t> with_prefix = tok.encode(candidate, /*add_bos=*/false);
+  // Generated text does not say whether its first piece had a "▁" (decoding
+  // drops it); the text starts a word either way. Of the two readings, the
+  // shorter is the one generation can have produced canonically: ".", "\n" or
+  // "ce" as a first piece re-encode with the prefix as "▁" + "." or "▁c" + "e".
+  // Equal lengths keep sentencepiece's own encoding. The decode test keeps the
+  // prefix where the text starts with a real space.
+  std::vector<int32_t> without = tok.encode_continuation(candidate);
+  if (!without.empty() && without.size() < with_prefix.size() && tok.decode(without) == tok.decode(with_prefix)) {
+    return without;
+  }
+  return with_prefix;
+}
+
 Status check_score_context(int prompt_tokens, int candidate_tokens, int context) {
   if (static_cast<int64_t>(prompt_tokens) + candidate_tokens <= context) return Status::OK;
   return invalid("input is " + std::to_string(prompt_tokens) + " tokens and candidate_impression is " +
                  std::to_string(candidate_tokens) + " tokens; together they exceed the model context of " +
                  std::to_string(context) + " tokens");
+}
+
+namespace {
+
+// "NAME = 1, NAME = 2" for the values of `e` other than 0 (UNSPECIFIED).
+std::string known_values(const google::protobuf::EnumDescriptor& e) {
+  std::string out;
+  for (int i = 0; i < e.value_count(); ++i) {
+    if (e.value(i)->number() == 0) continue;
+    if (!out.empty()) out += ", ";
+    out += e.value(i)->name() + " = " + std::to_string(e.value(i)->number());
+  }
+  return out;
+}
+
+}  // namespace
+
+Status check_rouge_choices(const v1::ScoreRequest& req) {
+  if (!v1::ScoreRequest::Segmenter_IsValid(req.rouge_segmenter())) {
+    return invalid("rouge_segmenter " + std::to_string(static_cast<int>(req.rouge_segmenter())) +
+                   " is not a known segmenter (" + known_values(*v1::ScoreRequest::Segmenter_descriptor()) + ")");
+  }
+  if (!v1::RougeMode_IsValid(req.rouge_mode())) {
+    return invalid("rouge_mode " + std::to_string(static_cast<int>(req.rouge_mode())) + " is not a known mode (" +
+                   known_values(*v1::RougeMode_descriptor()) + ")");
+  }
+  return Status::OK;
+}
+
+Status score_rouge(v1::ScoreResponse& dst, const v1::ScoreRequest& req, prompt::Language language,
+                   const text::JiebaDict* jieba) {
+  if (Status s = check_rouge_choices(req); !s.ok()) return s;
+  // Known values only from here on.
+  const v1::RougeMode mode_used =
+      req.rouge_mode() == v1::ROUGE_MODE_LIN ? v1::ROUGE_MODE_LIN : v1::ROUGE_MODE_CHINESE_COMPAT;
+  const text::RougeMode mode =
+      mode_used == v1::ROUGE_MODE_LIN ? text::RougeMode::kLin : text::RougeMode::kChineseCompat;
+  v1::ScoreRequest::Segmenter seg_used = req.rouge_segmenter();
+  if (seg_used == v1::ScoreRequest::SEGMENTER_UNSPECIFIED) {
+    if (mode == text::RougeMode::kChineseCompat) {
+      seg_used = v1::ScoreRequest::SEGMENTER_JIEBA;
+    } else {
+      seg_used = language == prompt::Language::kZh ? v1::ScoreRequest::SEGMENTER_CHAR
+                                                   : v1::ScoreRequest::SEGMENTER_ENGLISH;
+    }
+  }
+  std::unique_ptr<text::Segmenter> seg;
+  if (seg_used == v1::ScoreRequest::SEGMENTER_CHAR) {
+    seg = std::make_unique<text::CharSegmenter>();
+  } else if (seg_used == v1::ScoreRequest::SEGMENTER_ENGLISH) {
+    seg = std::make_unique<text::EnglishSegmenter>();
+  } else {  // SEGMENTER_JIEBA, SEGMENTER_JIEBA_NO_HMM
+    const bool hmm = seg_used == v1::ScoreRequest::SEGMENTER_JIEBA;
+    if (jieba == nullptr || (hmm && jieba->hmm() == nullptr)) {
+      const std::string which = req.rouge_segmenter() == seg_used ? "" : " (the mode's default)";
+      const std::string lacks = jieba == nullptr ? "dictionary (--jieba-dict)" : "HMM tables";
+      return Status(StatusCode::FAILED_PRECONDITION,
+                    "rouge_segmenter " + v1::ScoreRequest::Segmenter_Name(seg_used) + which + ": this server has no jieba " + lacks +
+                        "; install python3-jieba, or ask for ROUGE_MODE_LIN or SEGMENTER_CHAR");
+    }
+    seg = std::make_unique<text::JiebaSegmenter>(*jieba, hmm);
+  }
+  text::RougeScores r;
+  try {
+    r = text::rouge(mode, req.candidate_impression(), req.reference_impression(), *seg);
+  } catch (const text::TextError& e) {
+    return invalid(std::string("rouge: ") + e.what());
+  }
+  const auto put = [](v1::RougeScore* d, const text::Score& s) {
+    d->set_precision(s.precision);
+    d->set_recall(s.recall);
+    d->set_f1(s.f1);
+  };
+  put(dst.mutable_rouge()->mutable_rouge1(), r.rouge1);
+  put(dst.mutable_rouge()->mutable_rouge2(), r.rouge2);
+  put(dst.mutable_rouge()->mutable_rouge_l(), r.rougeL);
+  dst.set_rouge_mode(mode_used);
+  dst.set_rouge_segmenter(seg_used);
+  return Status::OK;
 }
 
 namespace {
@@ -337,22 +441,40 @@ std::string_view code_name(grpc::StatusCode code) {
   }
 }
 
-Status status_from_outcome(const engine::Outcome& o, bool client_cancelled) {
+std::string drain_stopped_message(int tokens) {
+  if (tokens < 0) return std::string(kDrainingMessage);
+  return "the server is draining; the request was stopped after " + std::to_string(tokens) +
+         " generated tokens; retry on another instance";
+}
+
+Status deadline_status(int tokens) {
+  return Status(StatusCode::DEADLINE_EXCEEDED,
+                tokens < 0 ? std::string("deadline exceeded")
+                           : "deadline exceeded after " + std::to_string(tokens) + " generated tokens");
+}
+
+Status status_from_outcome(const engine::Outcome& o, int tokens, int max_waiting) {
   switch (o.status) {
     case engine::Status::kOk:
       return Status::OK;
     case engine::Status::kCancelled:
-      if (client_cancelled) return Status(StatusCode::CANCELLED, "the client cancelled the request");
-      return Status(StatusCode::UNAVAILABLE, "the server is shutting down; retry on another instance");
+      return Status(StatusCode::UNAVAILABLE, drain_stopped_message(tokens));
     case engine::Status::kExpired:
-      return Status(StatusCode::DEADLINE_EXCEEDED,
-                    o.tokens.empty() ? std::string("deadline exceeded")
-                                     : "deadline exceeded after " + std::to_string(o.tokens.size()) +
-                                           " generated tokens");
+      return deadline_status(tokens);
     case engine::Status::kRejected:
-      if (o.error.find("overloaded") != std::string::npos) return Status(StatusCode::RESOURCE_EXHAUSTED, o.error);
-      if (o.error.find("shutting down") != std::string::npos) return Status(StatusCode::UNAVAILABLE, o.error);
+      // The engine's two queue checks word this differently and count waiting
+      // requests at different moments; the client gets one wording, and the
+      // limit is the number that is certain.
+      if (o.error.find("overloaded") != std::string::npos) {
+        return Status(StatusCode::RESOURCE_EXHAUSTED,
+                      "the server is overloaded: the queue of waiting requests is full (--max-waiting " +
+                          std::to_string(max_waiting) + "); retry later");
+      }
+      if (o.error.find("shutting down") != std::string::npos) {
+        return Status(StatusCode::UNAVAILABLE, std::string(kDrainingMessage));
+      }
       return invalid(o.error);
+    case engine::Status::kNonFinite:
     case engine::Status::kFailed:
       return Status(StatusCode::INTERNAL, o.error.empty() ? "the engine failed" : o.error);
   }

@@ -20,6 +20,7 @@
 #ifdef CHATRADIO_WITH_CUDA
 #include "model/cuda/llama_cuda.h"
 #endif
+#include "server/service/backend_choice.h"
 #include "server/service/health.h"
 #include "server/text/segment.h"
 
@@ -124,6 +125,7 @@ ChatradioServer::~ChatradioServer() {
 const engine::Engine* ChatradioServer::engine() const { return runtime_ ? runtime_->engine.get() : nullptr; }
 
 void ChatradioServer::start() {
+  library_log_ = std::make_unique<LibraryLogRoute>(log_);
   templates_ = prompt::TemplateSet::load(opts_.templates_path);
   if (!opts_.auth_token_file.empty()) auth_ = TokenAuth::from_file(opts_.auth_token_file);
   if (!opts_.jieba_dict.empty()) {
@@ -169,6 +171,9 @@ void ChatradioServer::start() {
   // Linux SO_REUSEPORT would let a second server bind our port and silently
   // take half the connections; a taken port must be an error.
   b.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Headers (metadata) of one call: at most --max-metadata-bytes. See
+  // docs/service.md: over the limit only that call fails.
+  b.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, opts_.max_metadata_bytes);
   server_ = b.BuildAndStart();
   if (!server_ || port_ == 0) {
     server_.reset();
@@ -208,9 +213,11 @@ void ChatradioServer::load_and_warm_up() {
     lo.format = model::WeightFormat::kInt4;
     lo.group_size = opts_.quantize_group_size;
   }
-  std::string backend_name = "cpu";
+  int gpus = 0;
+  BackendLoader load_cuda;  // empty without CUDA: choose_backend then says so for --backend cuda
 #ifdef CHATRADIO_WITH_CUDA
-  if (opts_.backend == "cuda" || (opts_.backend == "auto" && model::CudaLlama::device_count() > 0)) {
+  gpus = model::CudaLlama::device_count();
+  load_cuda = [&]() -> std::unique_ptr<model::Backend> {
     // The GPU always runs int4: CudaLlama quantizes float checkpoints at load.
     if (opts_.kv_dtype == "f32") {
       throw model::ModelError("--kv-dtype f32: the CUDA backend stores its KV cache in f16 only");
@@ -220,16 +227,18 @@ void ChatradioServer::load_and_warm_up() {
     co.kv_block_size = opts_.kv_block_size;
     co.max_tokens = std::max(co.max_tokens, opts_.token_budget);
     co.max_seqs = std::max(co.max_seqs, opts_.max_batch_size);
-    rt->backend = model::CudaLlama::load(opts_.model_dir, co,
-                                         model::LoadOptions{model::WeightFormat::kInt4, opts_.quantize_group_size});
-    backend_name = "cuda";
-  }
-#else
-  if (opts_.backend == "cuda") {
-    throw model::ModelError("--backend cuda: this build of chatradio-server has no CUDA backend (no nvcc at build time)");
-  }
+    return model::CudaLlama::load(opts_.model_dir, co,
+                                  model::LoadOptions{model::WeightFormat::kInt4, opts_.quantize_group_size});
+  };
 #endif
-  if (!rt->backend) rt->backend = model::CpuLlama::load(opts_.model_dir, bo, lo);
+  ChosenBackend chosen = choose_backend(opts_.backend, gpus, load_cuda, [&]() -> std::unique_ptr<model::Backend> {
+    return model::CpuLlama::load(opts_.model_dir, bo, lo);
+  });
+  if (!chosen.fallback_reason.empty()) {
+    log_.event("backend_fallback", {{"backend", chosen.name}, {"reason", chosen.fallback_reason}});
+  }
+  rt->backend = std::move(chosen.backend);
+  const std::string backend_name = chosen.name;
   if (hooks_.wrap_backend) rt->backend = hooks_.wrap_backend(std::move(rt->backend));
   const model::LlamaConfig& cfg = rt->backend->config();
   if (rt->tokenizer.vocab_size() > cfg.vocab_size) {
@@ -298,7 +307,7 @@ void ChatradioServer::drain() {
     return;
   }
   draining_ = true;
-  if (service_) service_->set_draining(true);
+  service_->set_draining();
   set_health(false);
   lock.unlock();
   log_.event("draining", {{"grace_s", opts_.drain_grace_s}, {"timeout_s", opts_.drain_timeout_s}});
@@ -308,12 +317,24 @@ void ChatradioServer::drain() {
   // Health watchers are told NOT_SERVING and their streams end, so they do not
   // hold the drain until its deadline.
   if (grpc::HealthCheckServiceInterface* h = server_->GetHealthCheckService()) h->Shutdown();
-  // No new calls from here on; in-flight ones get until the deadline, then
-  // gRPC cancels them and our handlers cancel their engine requests.
-  server_->Shutdown(std::chrono::system_clock::now() +
-                    std::chrono::duration_cast<std::chrono::system_clock::duration>(
-                        std::chrono::duration<double>(opts_.drain_timeout_s)));
+  // Admitted requests get until the deadline; what is left then is stopped by
+  // the service itself with UNAVAILABLE, so the log and the metrics carry the
+  // status its client gets. Meanwhile the server still takes calls: late
+  // callers get a logged UNAVAILABLE and health checks an answer, where a
+  // server that stopped accepting would leave them to gRPC (CANCELLED, or
+  // nothing until their deadline).
+  const auto deadline = t0 + std::chrono::duration_cast<SteadyClock::duration>(
+                                 std::chrono::duration<double>(opts_.drain_grace_s + opts_.drain_timeout_s));
+  if (!service_->wait_idle(deadline)) {
+    service_->abort_in_flight();
+    service_->wait_idle(SteadyClock::now() + kAbortWait);
+  }
+  // Only refusals being written (and streams that are not ours, such as
+  // reflection) are left: they get kShutdownGrace, then gRPC cancels them.
+  server_->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
   server_->Wait();
+  // The exposer's threads end here, not after the "exit" line.
+  metrics_.stop_exposer();
   log_.event("drained", {{"seconds", std::chrono::duration<double>(SteadyClock::now() - t0).count()}});
   lock.lock();
   drained_ = true;

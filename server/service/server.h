@@ -4,10 +4,11 @@
 //                     health NOT_SERVING, ImpressionService answers UNAVAILABLE
 //   load_and_warm_up() model + tokenizer + engine, one warm-up generation;
 //                     then health SERVING and requests are served
-//   drain()           health NOT_SERVING and new requests UNAVAILABLE for
-//                     drain_grace_s, then Shutdown(now + drain_timeout_s): no new
-//                     calls, in-flight ones finish or are cancelled at the
-//                     deadline; returns when every handler has returned
+//   drain()           health NOT_SERVING and new requests UNAVAILABLE (logged)
+//                     for drain_grace_s; then in-flight requests get
+//                     drain_timeout_s to finish, and what is left is stopped
+//                     with UNAVAILABLE; only then Shutdown(): no new calls.
+//                     Returns when every handler has returned
 //
 // Health is reported for "" (the whole server) and for
 // "chatradio.v1.ImpressionService".
@@ -25,6 +26,7 @@
 #include "model/backend.h"
 #include "server/prompt/templates.h"
 #include "server/service/auth.h"
+#include "server/service/library_log.h"
 #include "server/service/metrics.h"
 #include "server/service/options.h"
 #include "server/service/request_log.h"
@@ -70,6 +72,11 @@ class ChatradioServer {
   Logger& log() { return log_; }
 
   static constexpr const char* kServiceName = "chatradio.v1.ImpressionService";
+  // How long stopped requests get to end after the drain deadline (a poll and
+  // an engine step, or a write to a slow client), and how long calls still in
+  // gRPC's hands get once it stops accepting new ones.
+  static constexpr std::chrono::seconds kAbortWait{2};
+  static constexpr std::chrono::seconds kShutdownGrace{1};
 
  private:
   void set_health(bool serving);
@@ -78,6 +85,7 @@ class ChatradioServer {
   ServerOptions opts_;
   ServerHooks hooks_;
   Logger log_;
+  std::unique_ptr<LibraryLogRoute> library_log_;  // set by start(); after log_, destroyed before it
   ServiceMetrics metrics_;
   prompt::TemplateSet templates_;
   TokenAuth auth_;

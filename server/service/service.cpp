@@ -13,8 +13,6 @@
 #include <stdexcept>
 
 #include "server/prompt/validate.h"
-#include "server/text/rouge.h"
-#include "server/text/segment.h"
 
 namespace chatradio::service {
 
@@ -47,16 +45,11 @@ bool deadline_passed(const std::optional<engine::Clock::time_point>& d) {
   return d && *d <= engine::Clock::now();
 }
 
-// When the client's deadline passes, gRPC cancels the call too, and either the
-// engine's expiry or our cancel may end the request first: both are the deadline.
-Status end_status(const engine::Outcome& o, bool client_gone, const std::optional<engine::Clock::time_point>& d) {
-  if (o.status == engine::Status::kCancelled && deadline_passed(d)) {
-    return Status(StatusCode::DEADLINE_EXCEEDED,
-                  o.tokens.empty() ? std::string("deadline exceeded")
-                                     : "deadline exceeded after " + std::to_string(o.tokens.size()) +
-                                           " generated tokens");
-  }
-  return status_from_outcome(o, client_gone);
+// The client's deadline has passed by the context's own clock (the realtime
+// conversion of gRPC's monotonic deadline happens inside deadline(), now).
+bool context_expired(const grpc::ServerContext& ctx, std::chrono::milliseconds slack) {
+  const auto d = ctx.deadline();
+  return d != std::chrono::system_clock::time_point::max() && std::chrono::system_clock::now() + slack >= d;
 }
 
 std::string_view priority_name(engine::Priority p) { return p == engine::Priority::kStat ? "stat" : "routine"; }
@@ -72,6 +65,7 @@ struct ImpressionServiceImpl::Scope {
   int generated_all = 0;         // every attempt's tokens (what the engine did)
   double per_output_token_s = -1;
   bool reached_engine = false;
+  bool admitted = false;  // counted in in_flight_ until finish()
 };
 
 // Text deltas of one attempt. While the output so far is blank (nothing but
@@ -118,38 +112,14 @@ class ImpressionServiceImpl::TextStream {
 
 struct ImpressionServiceImpl::Attempt {
   engine::Outcome outcome;
-  bool client_gone = false;
+  Stop stop = Stop::kNone;
+  int received = 0;  // tokens delivered to the handler (a cancelled outcome carries none)
   double submitted_s = 0;   // accepted -> submit
   double first_token_s = -1;  // accepted -> first token
   double last_token_s = -1;
 };
 
 namespace {
-
-// Waits for an engine request to end, feeding new tokens to `on_tokens` (which
-// returns false when the client is gone) and cancelling the engine request as
-// soon as the client cancels, disconnects or its deadline passes.
-template <typename OnTokens>
-bool follow(engine::Handle& h, grpc::ServerContext* ctx, OnTokens&& on_tokens) {
-  std::vector<int32_t> got;
-  bool client_gone = false;
-  for (;;) {
-    const bool more = h.next_for(got, ImpressionServiceImpl::kPoll);
-    if (!got.empty()) {
-      if (!on_tokens(got) && !client_gone) {
-        client_gone = true;
-        h.cancel();
-      }
-      got.clear();
-    }
-    if (!more) break;
-    if (!client_gone && ctx->IsCancelled()) {
-      client_gone = true;
-      h.cancel();  // frees its KV blocks at the engine's next step
-    }
-  }
-  return client_gone || ctx->IsCancelled();
-}
 
 // The request's wire bytes, in one piece.
 std::string bytes_of(const grpc::ByteBuffer& b) {
@@ -238,6 +208,61 @@ ImpressionServiceImpl::ImpressionServiceImpl(ServiceDeps deps) : deps_(deps) {
   id_prefix_ = prefix;
 }
 
+// Waits for an engine request to end, feeding new tokens to `on_tokens` (which
+// returns false when the client is gone) and cancelling the engine request as
+// soon as the client cancels, disconnects or its deadline passes, or the drain
+// aborts what is left.
+template <typename OnTokens>
+ImpressionServiceImpl::Stop ImpressionServiceImpl::follow(engine::Handle& h, grpc::ServerContext* ctx,
+                                                          OnTokens&& on_tokens) {
+  std::vector<int32_t> got;
+  Stop stop = Stop::kNone;
+  const auto stop_for = [&](Stop why) {
+    if (stop != Stop::kNone) return;
+    stop = why;
+    h.cancel();  // frees its KV blocks at the engine's next step
+  };
+  for (;;) {
+    if (aborting_.load(std::memory_order_acquire)) stop_for(Stop::kAborted);
+    const bool more = h.next_for(got, kPoll);
+    if (!got.empty()) {
+      if (!on_tokens(got)) stop_for(Stop::kClientGone);
+      got.clear();
+    }
+    if (!more) break;
+    if (ctx->IsCancelled()) stop_for(Stop::kClientGone);
+  }
+  if (stop == Stop::kNone && ctx->IsCancelled()) stop = Stop::kClientGone;
+  return stop;
+}
+
+// A call whose client is gone: when the deadline (give or take kDeadlineSlack)
+// has passed it is the deadline, otherwise the client cancelled. A drain that
+// aborted the call is what the client saw instead.
+Status ImpressionServiceImpl::gone_status(const grpc::ServerContext& ctx, int tokens) const {
+  if (aborting_.load(std::memory_order_acquire)) return Status(StatusCode::UNAVAILABLE, drain_stopped_message(tokens));
+  if (context_expired(ctx, kDeadlineSlack)) return deadline_status(tokens);
+  return Status(StatusCode::CANCELLED, "the client cancelled the request" +
+                                           (tokens < 0 ? "" : " after " + std::to_string(tokens) + " generated tokens"));
+}
+
+Status ImpressionServiceImpl::end_status(const engine::Outcome& o, Stop stop, const grpc::ServerContext& ctx,
+                                         int tokens) const {
+  switch (stop) {
+    case Stop::kAborted:
+      return Status(StatusCode::UNAVAILABLE, drain_stopped_message(tokens));
+    case Stop::kClientGone:
+      if (o.status == engine::Status::kCancelled) return gone_status(ctx, tokens);
+      break;
+    case Stop::kNone:
+      break;
+  }
+  // gRPC cancels the call when the deadline passes, so the engine's own expiry
+  // and our cancel race; both are the deadline, with the same message.
+  if (o.status == engine::Status::kExpired) return deadline_status(tokens);
+  return status_from_outcome(o, tokens, deps_.opts->max_waiting);
+}
+
 uint64_t ImpressionServiceImpl::fresh_seed() {
   return splitmix64(seed_state_.fetch_add(0x9e3779b97f4a7c15ULL, std::memory_order_relaxed));
 }
@@ -249,14 +274,25 @@ std::string ImpressionServiceImpl::next_request_id() {
   return buf;
 }
 
-Status ImpressionServiceImpl::admit(const grpc::ServerContext& ctx, const Runtime*& rt) const {
+Status ImpressionServiceImpl::admit(const grpc::ServerContext& ctx, const Runtime*& rt, Scope& scope) {
   if (std::string err = deps_.auth->check(ctx); !err.empty()) return Status(StatusCode::UNAUTHENTICATED, err);
-  if (draining_.load(std::memory_order_acquire)) {
-    return Status(StatusCode::UNAVAILABLE, "the server is draining; retry on another instance");
-  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (draining_) return Status(StatusCode::UNAVAILABLE, std::string(kDrainingMessage));
   rt = runtime_.load(std::memory_order_acquire);
   if (rt == nullptr) return Status(StatusCode::UNAVAILABLE, "the model is still loading; retry shortly");
+  ++in_flight_;
+  scope.admitted = true;
   return Status::OK;
+}
+
+void ImpressionServiceImpl::set_draining() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+}
+
+bool ImpressionServiceImpl::wait_idle(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return idle_cv_.wait_until(lock, deadline, [&] { return in_flight_ == 0; });
 }
 
 Status ImpressionServiceImpl::finish(Scope& scope, Status status) {
@@ -279,12 +315,32 @@ Status ImpressionServiceImpl::finish(Scope& scope, Status status) {
   }
   deps_.metrics->record(s);
   deps_.log->request(rec);
+  if (scope.admitted) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--in_flight_ == 0) idle_cv_.notify_all();
+  }
   return status;
+}
+
+// Before anything else: a call whose client is already gone (cancelled, or
+// expired before its message even arrived) is accounted as exactly that, not
+// as the empty message it would parse as. gRPC hands such a call over without
+// a payload (`bytes` not Valid()), and its cancellation may become visible to
+// IsCancelled() only a moment later, so a missing message counts as gone too
+// (a client that half-closes without sending one is broken anyway).
+std::optional<Status> ImpressionServiceImpl::already_gone(const grpc::ServerContext& ctx,
+                                                          const grpc::ByteBuffer& bytes) const {
+  if (ctx.IsCancelled() || !bytes.Valid()) return gone_status(ctx, -1);
+  if (context_expired(ctx, std::chrono::milliseconds(0))) {
+    return Status(StatusCode::DEADLINE_EXCEEDED, "deadline exceeded before the request was read");
+  }
+  return std::nullopt;
 }
 
 Status ImpressionServiceImpl::GenerateImpression(grpc::ServerContext* ctx, const grpc::ByteBuffer* bytes,
                                                  v1::GenerateImpressionResponse* resp) {
   Scope scope("GenerateImpression");
+  if (auto gone = already_gone(*ctx, *bytes)) return finish_unread(scope, *gone);
   v1::GenerateImpressionRequest req;
   if (Status s = parse_request(req, bytes_of(*bytes)); !s.ok()) return refuse(scope, *ctx, s);
   return finish(scope, generate(ctx, req, *resp, scope, nullptr));
@@ -293,11 +349,12 @@ Status ImpressionServiceImpl::GenerateImpression(grpc::ServerContext* ctx, const
 Status ImpressionServiceImpl::StreamImpression(grpc::ServerContext* ctx, const grpc::ByteBuffer* bytes,
                                                grpc::ServerWriter<v1::StreamImpressionResponse>* writer) {
   Scope scope("StreamImpression");
+  if (auto gone = already_gone(*ctx, *bytes)) return finish_unread(scope, *gone);
   v1::GenerateImpressionRequest req;
   if (Status s = parse_request(req, bytes_of(*bytes)); !s.ok()) return refuse(scope, *ctx, s);
   v1::StreamImpressionResponse last;
   Status s = generate(ctx, req, *last.mutable_final(), scope, writer);
-  if (s.ok() && !writer->Write(last)) s = Status(StatusCode::CANCELLED, "the client went away before the summary");
+  if (s.ok() && !writer->Write(last)) s = gone_status(*ctx, scope.rec.generated_tokens);
   return finish(scope, s);
 }
 
@@ -309,7 +366,7 @@ Status ImpressionServiceImpl::generate(grpc::ServerContext* ctx, const v1::Gener
   rec.client_request_id = req.client_request_id();
   rec.institution_id = req.context().institution_id();
   const Runtime* rt = nullptr;
-  if (Status s = admit(*ctx, rt); !s.ok()) return s;
+  if (Status s = admit(*ctx, rt, scope); !s.ok()) return s;
 
   ResolvedSampling sampling;
   if (Status s = resolve_sampling(sampling, req.sampling(), deps_.opts->default_preset, fresh_seed()); !s.ok()) {
@@ -354,7 +411,8 @@ Status ImpressionServiceImpl::generate(grpc::ServerContext* ctx, const v1::Gener
     scope.reached_engine = true;
     stream = TextStream(writer);
     model::StreamDecoder dec(rt->tokenizer);  // seeded with nothing: only generated ids are text
-    a.client_gone = follow(*h, ctx, [&](const std::vector<int32_t>& ids) {
+    a.stop = follow(*h, ctx, [&](const std::vector<int32_t>& ids) {
+      a.received += static_cast<int>(ids.size());
       const double now = seconds_since(scope.accepted);
       if (a.first_token_s < 0) a.first_token_s = now;
       a.last_token_s = now;
@@ -363,19 +421,19 @@ Status ImpressionServiceImpl::generate(grpc::ServerContext* ctx, const v1::Gener
       return stream.add(delta);  // one message per batch of tokens, not per token
     });
     a.outcome = h->wait();
-    scope.generated_all += static_cast<int>(a.outcome.tokens.size());
+    // A request that ended early still generated what it delivered: counted
+    // in the log, the metrics and the status message.
+    rec.generated_tokens = std::max(static_cast<int>(a.outcome.tokens.size()), a.received);
+    scope.generated_all += rec.generated_tokens;
     if (attempt == 0) rec.queue_s = a.submitted_s + a.outcome.queue_s;
-    if (a.outcome.status != engine::Status::kOk) {
-      rec.generated_tokens = static_cast<int>(a.outcome.tokens.size());
-      return end_status(a.outcome, a.client_gone, deadline);
-    }
-    if (!stream.add(dec.flush())) return Status(StatusCode::CANCELLED, "the client went away");
+    if (a.outcome.status != engine::Status::kOk) return end_status(a.outcome, a.stop, *ctx, rec.generated_tokens);
+    if (!stream.add(dec.flush())) return gone_status(*ctx, rec.generated_tokens);
     if (!policy.should_retry(stream.text(), attempt + 1, sampling.sampled())) break;
     dst.mutable_flags()->set_empty_output_retried(true);
     deps_.metrics->guard_triggered("empty_retry");
-    if (ctx->IsCancelled()) return Status(StatusCode::CANCELLED, "the client cancelled the request");
+    if (ctx->IsCancelled()) return gone_status(*ctx, rec.generated_tokens);
   }
-  if (!stream.close()) return Status(StatusCode::CANCELLED, "the client went away");
+  if (!stream.close()) return gone_status(*ctx, rec.generated_tokens);
 
   const engine::Outcome& o = a.outcome;
   const int n = static_cast<int>(o.tokens.size());
@@ -411,9 +469,15 @@ Status ImpressionServiceImpl::generate(grpc::ServerContext* ctx, const v1::Gener
 
 Status ImpressionServiceImpl::Score(grpc::ServerContext* ctx, const grpc::ByteBuffer* bytes, v1::ScoreResponse* resp) {
   Scope scope("Score");
+  if (auto gone = already_gone(*ctx, *bytes)) return finish_unread(scope, *gone);
   v1::ScoreRequest req;
   if (Status s = parse_request(req, bytes_of(*bytes)); !s.ok()) return refuse(scope, *ctx, s);
   return finish(scope, score(ctx, req, *resp, scope));
+}
+
+Status ImpressionServiceImpl::finish_unread(Scope& scope, Status gone) {
+  scope.rec.request_id = next_request_id();
+  return finish(scope, std::move(gone));
 }
 
 Status ImpressionServiceImpl::refuse(Scope& scope, const grpc::ServerContext& ctx, Status parse_error) {
@@ -433,7 +497,7 @@ Status ImpressionServiceImpl::score(grpc::ServerContext* ctx, const v1::ScoreReq
   rec.client_request_id = req.client_request_id();
   rec.institution_id = req.context().institution_id();
   const Runtime* rt = nullptr;
-  if (Status s = admit(*ctx, rt); !s.ok()) return s;
+  if (Status s = admit(*ctx, rt, scope); !s.ok()) return s;
 
   const prompt::FindingsLimits limits{deps_.opts->max_input_bytes};
   engine::Priority priority{};
@@ -449,53 +513,18 @@ Status ImpressionServiceImpl::score(grpc::ServerContext* ctx, const v1::ScoreReq
   rec.language = std::string(prompt::to_string(pp.language));
   rec.prompt_tokens = static_cast<int>(pp.ids.size());
 
-  // ROUGE first: it needs no model, and a bad segmenter choice should fail
-  // before any engine work.
+  // ROUGE first: it needs no model, and a bad mode or segmenter choice should
+  // fail before any engine work, reference or not.
+  if (Status s = check_rouge_choices(req); !s.ok()) return s;
   if (!req.reference_impression().empty()) {
-    std::unique_ptr<text::Segmenter> seg;
-    switch (req.rouge_segmenter()) {
-      case v1::ScoreRequest::SEGMENTER_UNSPECIFIED:
-        if (pp.language == prompt::Language::kZh) {
-          seg = std::make_unique<text::CharSegmenter>();
-        } else {
-          seg = std::make_unique<text::EnglishSegmenter>();
-        }
-        break;
-      case v1::ScoreRequest::SEGMENTER_CHAR:
-        seg = std::make_unique<text::CharSegmenter>();
-        break;
-      case v1::ScoreRequest::SEGMENTER_JIEBA:
-        if (deps_.jieba == nullptr) {
-          return Status(StatusCode::FAILED_PRECONDITION,
-                        "rouge_segmenter SEGMENTER_JIEBA: this server has no jieba dictionary (--jieba-dict)");
-        }
-        seg = std::make_unique<text::JiebaSegmenter>(*deps_.jieba);
-        break;
-      default:
-        return Status(StatusCode::INVALID_ARGUMENT,
-                      "rouge_segmenter " + std::to_string(static_cast<int>(req.rouge_segmenter())) +
-                          " is not a known segmenter (SEGMENTER_CHAR = 1, SEGMENTER_JIEBA = 2)");
-    }
-    text::RougeScores r;
-    try {
-      r = text::rouge(req.candidate_impression(), req.reference_impression(), *seg);
-    } catch (const text::TextError& e) {
-      return Status(StatusCode::INVALID_ARGUMENT, std::string("rouge: ") + e.what());
-    }
-    const auto put = [](v1::RougeScore* d, const text::Score& s) {
-      d->set_precision(s.precision);
-      d->set_recall(s.recall);
-      d->set_f1(s.f1);
-    };
-    put(dst.mutable_rouge()->mutable_rouge1(), r.rouge1);
-    put(dst.mutable_rouge()->mutable_rouge2(), r.rouge2);
-    put(dst.mutable_rouge()->mutable_rouge_l(), r.rougeL);
+    if (Status s = score_rouge(dst, req, pp.language, deps_.jieba); !s.ok()) return s;
   }
 
   // The candidate is tokenized on its own, as generation would have produced
-  // it after the prompt (leading dummy-prefix space included), never through
-  // the prompt's text: teacher forcing scores exactly these ids.
-  std::vector<int32_t> cont = rt->tokenizer.encode(req.candidate_impression(), /*add_bos=*/false);
+  // it after the prompt, never through the prompt's text: teacher forcing
+  // scores exactly these ids, so an output that filled the context fits again
+  // whenever its ids were canonical (candidate_ids, docs/service.md).
+  std::vector<int32_t> cont = candidate_ids(rt->tokenizer, req.candidate_impression());
   if (cont.empty()) return Status(StatusCode::INVALID_ARGUMENT, "candidate_impression has no tokens");
   if (Status s = check_score_context(rec.prompt_tokens, static_cast<int>(cont.size()), rt->context); !s.ok()) {
     return s;
@@ -512,10 +541,10 @@ Status ImpressionServiceImpl::score(grpc::ServerContext* ctx, const v1::ScoreReq
   std::shared_ptr<engine::Handle> h = rt->engine->score(std::move(sp));
   rec.attempts = 1;
   scope.reached_engine = true;
-  const bool client_gone = follow(*h, ctx, [](const std::vector<int32_t>&) { return true; });
+  const Stop stop = follow(*h, ctx, [](const std::vector<int32_t>&) { return true; });
   const engine::Outcome& o = h->wait();
   rec.queue_s = submitted_s + o.queue_s;
-  if (o.status != engine::Status::kOk) return end_status(o, client_gone, deadline);
+  if (o.status != engine::Status::kOk) return end_status(o, stop, *ctx, /*tokens=*/-1);  // Score generates none
   if (o.logprobs.size() != cont.size()) {
     return Status(StatusCode::INTERNAL, "the engine returned " + std::to_string(o.logprobs.size()) +
                                             " log-probabilities for " + std::to_string(cont.size()) + " tokens");

@@ -8,6 +8,15 @@
 // so a client that goes away (or a deadline that passes) frees its engine
 // request within one poll interval.
 //
+// Accounting: every call that reaches a handler ends in exactly one log line
+// and one metric sample carrying the status the client saw. A call that ends
+// because its client went away is classified by its context (deadline passed
+// or not) before anything else, even before its message is parsed; tokens it
+// got are counted. The drain (ChatradioServer::drain) refuses new calls with
+// UNAVAILABLE, waits for admitted ones (wait_idle) and at its deadline stops
+// them with UNAVAILABLE itself (abort_in_flight), so gRPC never has to cancel
+// a call the log has not accounted for.
+//
 // Requests arrive as raw bytes and are parsed here, not by gRPC: protobuf
 // refuses proto3 strings that are not UTF-8, and gRPC would answer such a
 // request with a bare INTERNAL. Parsing ourselves turns it into
@@ -16,7 +25,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 
 #include <grpcpp/impl/service_type.h>
@@ -57,7 +69,7 @@ struct ServiceDeps {
   const ServerOptions* opts = nullptr;
   const prompt::TemplateSet* templates = nullptr;
   const TokenAuth* auth = nullptr;
-  const text::JiebaDict* jieba = nullptr;  // null: SEGMENTER_JIEBA fails with FAILED_PRECONDITION
+  const text::JiebaDict* jieba = nullptr;  // null: ROUGE with jieba fails with FAILED_PRECONDITION
   ServiceMetrics* metrics = nullptr;
   Logger* log = nullptr;
 };
@@ -71,7 +83,12 @@ class ImpressionServiceImpl final : public grpc::Service {
   // Published by the server once warm-up succeeded; null = not ready (UNAVAILABLE).
   void set_runtime(const Runtime* rt) { runtime_.store(rt, std::memory_order_release); }
   // New requests fail with UNAVAILABLE; requests in flight go on.
-  void set_draining(bool d) { draining_.store(d, std::memory_order_release); }
+  void set_draining();
+  // Waits until no admitted request is in flight, or `deadline`; true when none is.
+  bool wait_idle(std::chrono::steady_clock::time_point deadline);
+  // Requests in flight stop their engine work and end with UNAVAILABLE, saying
+  // how many tokens they had (the drain's deadline passed).
+  void abort_in_flight() { aborting_.store(true, std::memory_order_release); }
 
   grpc::Status GenerateImpression(grpc::ServerContext* ctx, const grpc::ByteBuffer* req,
                                   v1::GenerateImpressionResponse* resp);
@@ -81,18 +98,32 @@ class ImpressionServiceImpl final : public grpc::Service {
 
   // How often a waiting handler checks for cancellation.
   static constexpr std::chrono::milliseconds kPoll{20};
+  // A client cancel that arrives this close to the call's deadline is the
+  // deadline: gRPC clients cancel on their own deadline, which runs ahead of
+  // the server's copy by the request's transit time, and their RST_STREAM
+  // looks exactly like an explicit cancel.
+  static constexpr std::chrono::milliseconds kDeadlineSlack{250};
 
  private:
   struct Scope;      // one RPC's record, timings and end-of-request bookkeeping
   class TextStream;  // streamed deltas with the blank-prefix hold-back
   struct Attempt;    // one engine submission's result
 
-  grpc::Status admit(const grpc::ServerContext& ctx, const Runtime*& rt) const;
+  enum class Stop : uint8_t { kNone, kClientGone, kAborted };  // why a handler stopped its engine request
+  template <typename OnTokens>
+  Stop follow(engine::Handle& h, grpc::ServerContext* ctx, OnTokens&& on_tokens);
+  // The status of a request that did not finish; `tokens` it generated, < 0
+  // when none can have been (it never reached the engine, or Score).
+  grpc::Status end_status(const engine::Outcome& o, Stop stop, const grpc::ServerContext& ctx, int tokens) const;
+  grpc::Status gone_status(const grpc::ServerContext& ctx, int tokens) const;
+  grpc::Status admit(const grpc::ServerContext& ctx, const Runtime*& rt, Scope& scope);
   grpc::Status generate(grpc::ServerContext* ctx, const v1::GenerateImpressionRequest& req,
                         v1::GenerateImpressionResponse& dst, Scope& scope,
                         grpc::ServerWriter<v1::StreamImpressionResponse>* writer);
   grpc::Status score(grpc::ServerContext* ctx, const v1::ScoreRequest& req, v1::ScoreResponse& dst, Scope& scope);
   grpc::Status finish(Scope& scope, grpc::Status status);
+  std::optional<grpc::Status> already_gone(const grpc::ServerContext& ctx, const grpc::ByteBuffer& bytes) const;
+  grpc::Status finish_unread(Scope& scope, grpc::Status gone);
   grpc::Status refuse(Scope& scope, const grpc::ServerContext& ctx, grpc::Status parse_error);
   uint64_t fresh_seed();
   std::string next_request_id();
@@ -100,7 +131,11 @@ class ImpressionServiceImpl final : public grpc::Service {
   ServiceDeps deps_;
   std::unique_ptr<prompt::RepetitionDetector> detector_;  // null when the guard is off
   std::atomic<const Runtime*> runtime_{nullptr};
-  std::atomic<bool> draining_{false};
+  std::mutex mu_;  // draining_ and in_flight_, so no request is admitted after the drain counted them
+  std::condition_variable idle_cv_;
+  bool draining_ = false;
+  int in_flight_ = 0;  // admitted requests whose handler has not finished
+  std::atomic<bool> aborting_{false};
   std::atomic<uint64_t> seed_state_;
   std::atomic<uint64_t> request_counter_{0};
   std::string id_prefix_;  // per process, so ids from restarts do not collide

@@ -13,15 +13,19 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "chatradio/v1/impression_service.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "model/backend.h"
+#include "model/tokenizer.h"
+#include "server/prompt/validate.h"
 #include "server/service/server.h"
 #include "tests/common/shared.h"
 
@@ -132,6 +136,16 @@ class TestServer {
     }
     return out;
   }
+  // The request lines of `rpc` once there are at least `n`: handlers log as
+  // they return, after the client saw the status. Fewer when 5 s pass first.
+  std::vector<std::string> wait_request_lines(size_t n, const std::string& rpc = "") {
+    std::vector<std::string> lines = request_lines(rpc);
+    for (int i = 0; i < 2500 && lines.size() < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      lines = request_lines(rpc);
+    }
+    return lines;
+  }
   // Waits until the engine runs and queues nothing (cancelled requests gone).
   bool wait_engine_idle(std::chrono::milliseconds limit) {
     const auto end = std::chrono::steady_clock::now() + limit;
@@ -158,6 +172,55 @@ inline v1::GenerateImpressionRequest request(const std::string& findings, int ma
   r.mutable_sampling()->set_preset(preset);
   if (max_tokens > 0) r.mutable_sampling()->set_max_tokens(static_cast<uint32_t>(max_tokens));
   return r;
+}
+
+// `n` greedy 40-token GenerateImpression calls made at once; their statuses.
+// With --max-batch-size 1 --max-waiting 1 and slowed steps, some are refused.
+inline std::vector<grpc::Status> generate_at_once(TestServer& ts, int n) {
+  std::vector<std::future<grpc::Status>> calls;
+  for (int i = 0; i < n; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] {
+      grpc::ClientContext ctx;
+      v1::GenerateImpressionResponse resp;
+      return ts.stub()->GenerateImpression(&ctx, request("The lungs are clear.", 40), &resp);
+    }));
+  }
+  std::vector<grpc::Status> out;
+  for (std::future<grpc::Status>& c : calls) out.push_back(c.get());
+  return out;
+}
+
+// The id of a vocabulary piece (e.g. "<0x0A>", "▁The"); a test failure and 0
+// when the vocabulary lacks it.
+inline int32_t piece_id(const model::Tokenizer& tok, std::string_view piece) {
+  for (int32_t id = 0; id < tok.vocab_size(); ++id) {
+    if (tok.piece(id) == piece) return id;
+  }
+  ADD_FAILURE() << "no piece " << piece;
+  return 0;
+}
+
+// The server's prompt rendered outside the server, with the same templates and
+// tokenizer, to compute the ids a request's prompt must have.
+struct PromptReference {
+  PromptReference()
+      : tok(model::Tokenizer::load(model_dir() + "/tokenizer.model")),
+        templates(prompt::TemplateSet::load(test_templates())) {}
+  std::vector<int32_t> prompt_ids(const std::string& findings, const v1::ReportContext& ctx = {}) {
+    PreparedPrompt pp;
+    const grpc::Status s = prepare_prompt(pp, templates, tok, findings, ctx, prompt::FindingsLimits{});
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return pp.ids;
+  }
+  model::Tokenizer tok;
+  prompt::TemplateSet templates;
+};
+
+// `n` tokens of a plain word, for ControlledBackend::force: no EOS can end
+// the request early.
+inline std::vector<int32_t> filler(int n) {
+  const model::Tokenizer tok = model::Tokenizer::load(model_dir() + "/tokenizer.model");
+  return std::vector<int32_t>(static_cast<size_t>(n), tok.encode("the").back());
 }
 
 inline grpc::health::v1::HealthCheckResponse::ServingStatus health_of(grpc::health::v1::Health::Stub& h,

@@ -16,22 +16,11 @@ namespace chatradio::service::testing {
 namespace {
 
 // The prompt and the model outside the server, to compute expected values.
-struct Reference {
-  Reference()
-      : tok(model::Tokenizer::load(model_dir() + "/tokenizer.model")),
-        templates(prompt::TemplateSet::load(test_templates())),
-        llama(model::CpuLlama::load(model_dir(), model::CpuBackendOptions{64, 16, 1})) {}
-  std::vector<int32_t> prompt_ids(const std::string& findings, const v1::ReportContext& ctx = {}) {
-    PreparedPrompt pp;
-    const grpc::Status s = prepare_prompt(pp, templates, tok, findings, ctx, prompt::FindingsLimits{});
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    return pp.ids;
-  }
+struct Reference : PromptReference {
+  Reference() : llama(model::CpuLlama::load(model_dir(), model::CpuBackendOptions{64, 16, 1})) {}
   std::vector<int32_t> generate(const std::vector<int32_t>& prompt, int max_tokens, model::SamplingParams sp = {}) {
     return model::generate_one(*llama, prompt, max_tokens, sp).tokens;
   }
-  model::Tokenizer tok;
-  prompt::TemplateSet templates;
   std::unique_ptr<model::CpuLlama> llama;
 };
 
@@ -48,11 +37,7 @@ bool valid_utf8(const std::string& s) {
 int32_t byte_id(const model::Tokenizer& tok, int byte) {
   char name[8];
   std::snprintf(name, sizeof name, "<0x%02X>", byte);
-  for (int32_t id = 0; id < tok.vocab_size(); ++id) {
-    if (tok.piece(id) == name) return id;
-  }
-  ADD_FAILURE() << "no piece " << name;
-  return 0;
+  return piece_id(tok, name);
 }
 
 class ServiceApi : public ::testing::Test {
@@ -271,6 +256,7 @@ TEST_F(ServiceApi, ScoreRougeMatchesHandComputedValues) {
     req.set_candidate_impression(cand);
     req.set_reference_impression(refr);
     req.set_rouge_segmenter(seg);
+    req.set_rouge_mode(v1::ROUGE_MODE_LIN);  // the hand-computed values below use Lin's formula
     grpc::ClientContext ctx;
     v1::ScoreResponse resp;
     const grpc::Status s = ts.stub()->Score(&ctx, req, &resp);
@@ -318,6 +304,7 @@ TEST_F(ServiceApi, ScoreRougeWithJiebaNeedsTheDictionary) {
   req.set_candidate_impression("双肺纹理增粗，右肺结节");
   req.set_reference_impression("双肺纹理清晰，右肺小结节");
   req.set_rouge_segmenter(v1::ScoreRequest::SEGMENTER_JIEBA);
+  req.set_rouge_mode(v1::ROUGE_MODE_LIN);  // compared with text::rouge (Lin) below
   grpc::ClientContext ctx;
   v1::ScoreResponse resp;
   ASSERT_TRUE(ts.stub()->Score(&ctx, req, &resp).ok());

@@ -16,19 +16,10 @@ using Ms = std::chrono::milliseconds;
 class ServiceLifecycle : public ::testing::Test {
  protected:
   void SetUp() override { CHATRADIO_REQUIRE_SHARED("models/stories260K"); }
-  // `n` tokens of a plain word: no EOS can end the request early.
-  static std::vector<int32_t> filler(int n) {
-    const model::Tokenizer tok = model::Tokenizer::load(model_dir() + "/tokenizer.model");
-    return std::vector<int32_t>(static_cast<size_t>(n), tok.encode("the").back());
-  }
-  // Polls for the request log line of `rpc` (handlers log as they return).
-  static std::string wait_line(TestServer& ts, const std::string& rpc, size_t index = 0) {
-    for (int i = 0; i < 500; ++i) {
-      const auto lines = ts.request_lines(rpc);
-      if (lines.size() > index) return lines[index];
-      std::this_thread::sleep_for(Ms(2));
-    }
-    return "";
+  // The first request log line of `rpc`, "" when none came.
+  static std::string wait_line(TestServer& ts, const std::string& rpc) {
+    const std::vector<std::string> lines = ts.wait_request_lines(1, rpc);
+    return lines.empty() ? "" : lines[0];
   }
 };
 
@@ -45,14 +36,13 @@ TEST_F(ServiceLifecycle, CancellingAStreamFreesTheEngineRequestAtOnce) {
   // (The engine publishes its stats at the end of the step that sent the token.)
   for (int i = 0; i < 100 && ts.server().engine()->stats().n_running != 1; ++i) std::this_thread::sleep_for(Ms(1));
   EXPECT_EQ(ts.server().engine()->stats().n_running, 1);
-  const auto t0 = std::chrono::steady_clock::now();
   ctx.TryCancel();
   while (reader->Read(&msg)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), StatusCode::CANCELLED);
-  ASSERT_TRUE(ts.wait_engine_idle(Ms(1000)));
-  const double freed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_LT(freed_s, 0.3) << "the 300-token request (1.5 s) must stop within a poll interval and a step";
+  // Freed, not finished: the token count below shows it stopped early (no wall-clock bound,
+  // which a loaded machine would break).
+  ASSERT_TRUE(ts.wait_engine_idle(Ms(5000)));
   const std::string line = wait_line(ts, "StreamImpression");
   EXPECT_NE(line.find("\"code\":\"CANCELLED\""), std::string::npos) << line;
   const uint64_t generated = ts.server().engine()->stats().generated_tokens;
@@ -78,16 +68,17 @@ TEST_F(ServiceLifecycle, CancellingAUnaryCallFreesTheEngineRequest) {
 
 TEST_F(ServiceLifecycle, TheClientDeadlineIsTheEngineDeadline) {
   TestServer ts;
-  ts.backend().delay_ms = 5;
+  ts.backend().delay_ms = 10;  // 300 tokens: 3 s, far from the 150 ms deadline even on a loaded machine
   ts.backend().force(filler(300));
+  const uint64_t before = ts.server().engine()->stats().generated_tokens;  // the warm-up's
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + Ms(150));
   v1::GenerateImpressionResponse resp;
-  const auto t0 = std::chrono::steady_clock::now();
   const grpc::Status s = ts.stub()->GenerateImpression(&ctx, request("The lungs are clear.", 300), &resp);
   EXPECT_EQ(s.error_code(), StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_TRUE(ts.wait_engine_idle(Ms(300)));
-  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 0.45);
+  EXPECT_TRUE(ts.wait_engine_idle(Ms(5000)));
+  // Stopped at the deadline, not run to its 300 tokens (a count, not a wall-clock bound).
+  EXPECT_LT(ts.server().engine()->stats().generated_tokens, before + 300u) << "the request ran on past its deadline";
   const std::string line = wait_line(ts, "GenerateImpression");
   EXPECT_NE(line.find("\"code\":\"DEADLINE_EXCEEDED\""), std::string::npos) << line;
 
@@ -108,17 +99,8 @@ TEST_F(ServiceLifecycle, OverloadIsResourceExhausted) {
   TestServer ts(o);
   ts.backend().delay_ms = 5;
   ts.backend().force(filler(600));
-  std::vector<std::future<grpc::Status>> calls;
-  for (int i = 0; i < 5; ++i) {
-    calls.push_back(std::async(std::launch::async, [&] {
-      grpc::ClientContext ctx;
-      v1::GenerateImpressionResponse resp;
-      return ts.stub()->GenerateImpression(&ctx, request("The lungs are clear.", 40), &resp);
-    }));
-  }
   int ok = 0, exhausted = 0;
-  for (auto& c : calls) {
-    const grpc::Status s = c.get();
+  for (const grpc::Status& s : generate_at_once(ts, 5)) {
     if (s.ok()) {
       ++ok;
     } else {
@@ -265,13 +247,12 @@ TEST_F(ServiceLifecycle, DrainTimeoutCancelsWhatIsLeft) {
   const auto t0 = std::chrono::steady_clock::now();
   ts.server().drain();
   const double drain_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_GE(drain_s, 0.19);
-  EXPECT_LT(drain_s, 1.0);
+  EXPECT_GE(drain_s, 0.19);  // it waited for the timeout; that the stream was cut shows below
   while (reader->Read(&msg)) {
     EXPECT_FALSE(msg.has_final());
   }
   EXPECT_FALSE(reader->Finish().ok());
-  EXPECT_TRUE(ts.wait_engine_idle(Ms(300)));
+  EXPECT_TRUE(ts.wait_engine_idle(Ms(5000)));
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // command line wins), and a precise message for every kind of bad usage.
 #include <sstream>
 
+#include "kernels/cpu/thread_pool.h"
 #include "tests/service/service_fixture.h"
 
 namespace chatradio::service::testing {
@@ -35,7 +36,9 @@ TEST_F(ServiceOptions, DefaultsAndCommandLine) {
   ASSERT_TRUE(parse(o, {"--model", model_dir()}));
   EXPECT_EQ(o.port, 50051);
   EXPECT_EQ(o.metrics_port, 9464);
-  EXPECT_EQ(o.threads, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  EXPECT_EQ(o.metrics_host, "127.0.0.1") << "plain-HTTP metrics stay on loopback unless asked";
+  EXPECT_EQ(o.max_metadata_bytes, 64 << 10);
+  EXPECT_EQ(o.threads, kernels::cpu::default_thread_count());
   EXPECT_EQ(o.default_preset, Preset::kPaper);
   EXPECT_EQ(o.templates_path, std::string(CHATRADIO_SOURCE_DIR) + "/deploy/templates.json");
   EXPECT_TRUE(o.reflection);
@@ -58,6 +61,10 @@ TEST_F(ServiceOptions, DefaultsAndCommandLine) {
   EXPECT_EQ(p.default_preset, Preset::kGreedy);
   EXPECT_EQ(p.max_input_bytes, 1000u);
   EXPECT_FALSE(p.reflection);
+  ServerOptions m;
+  ASSERT_TRUE(parse(m, {"--model", model_dir(), "--metrics-host", "0.0.0.0", "--max-metadata-bytes", "32768"}));
+  EXPECT_EQ(m.metrics_host, "0.0.0.0");
+  EXPECT_EQ(m.max_metadata_bytes, 32768);
 
   ServerOptions h;
   EXPECT_FALSE(parse(h, {"--help"})) << "--help asks for the help text, nothing else is checked";

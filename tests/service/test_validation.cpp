@@ -164,7 +164,8 @@ TEST_F(ServiceValidation, ScoreRefusesBadRequests) {
     r.set_rouge_segmenter(static_cast<v1::ScoreRequest::Segmenter>(9));
   });
   EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(s.error_message(), "rouge_segmenter 9 is not a known segmenter (SEGMENTER_CHAR = 1, SEGMENTER_JIEBA = 2)");
+  EXPECT_EQ(s.error_message(), "rouge_segmenter 9 is not a known segmenter (SEGMENTER_CHAR = 1, SEGMENTER_JIEBA = 2, "
+                               "SEGMENTER_JIEBA_NO_HMM = 3, SEGMENTER_ENGLISH = 4)");
   // Candidate too long for the context, with both counts.
   std::string long_candidate;
   while (long_candidate.size() + 3 <= 1900) long_candidate += "肺";

@@ -4,10 +4,8 @@
 # with our bench_cpu_e2e on the same shapes (this VM's neighbours make single
 # runs vary by ±20 %, so rounds alternate the two engines; take medians).
 #
-# No internet here, but npm is reachable: node-llama-cpp ships the llama.cpp
-# source of its release as a git bundle (llama/gitRelease.bundle), so we build
-# llama-bench from that (CPU only, -march=native, OpenMP). Nothing of it enters
-# the repository; everything lives under $PEER_DIR (default /tmp/chatradio-peer).
+# llama-bench comes from build_llama_cpp.sh (llama.cpp from npm node-llama-cpp's
+# source bundle, CPU only, -march=native, OpenMP, under $PEER_DIR).
 #
 #   bench/peer/llama_cpp.sh --pair llama2-7b=/tmp/synth-7b-int4 \
 #       --pair tinyllama-1.1b=/tmp/synth-tinyllama-int4 [--threads 2] [--rounds 3]
@@ -39,20 +37,8 @@ tokenizer="$shared/tokenizers/llama2/tokenizer.model"
 ours="$repo/build/bench/bench_cpu_e2e"
 [[ -x "$ours" ]] || { echo "build the project first ($ours missing)" >&2; exit 2; }
 
-mkdir -p "$peer_dir"
-src="$peer_dir/llama.cpp"
-if [[ ! -d "$src" ]]; then
-  (cd "$peer_dir" && npm pack --silent "node-llama-cpp@$version" >/dev/null &&
-     tar xzf "node-llama-cpp-$version.tgz" package/llama/gitRelease.bundle &&
-     git clone -q package/llama/gitRelease.bundle "$src")
-fi
-peer="$src/build/bin/llama-bench"
-if [[ ! -x "$peer" ]]; then
-  cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_OPENMP=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF >/dev/null
-  cmake --build "$src/build" -j"$(nproc)" --target llama-bench >/dev/null
-fi
-echo "llama.cpp $(git -C "$src" log -1 --format=%h) from node-llama-cpp $version; $threads threads"
+peer="$("$here/build_llama_cpp.sh" llama-bench)/llama-bench"
+echo "llama.cpp $(git -C "$peer_dir/llama.cpp" log -1 --format=%h) from node-llama-cpp $version; $threads threads"
 
 for pair in "${pairs[@]}"; do
   shape="${pair%%=*}"

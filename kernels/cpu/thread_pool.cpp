@@ -1,8 +1,15 @@
 #include "kernels/cpu/thread_pool.h"
 
+#include <sched.h>
+
+#include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <new>
+#include <optional>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -21,7 +28,52 @@ inline void cpu_relax() {
 
 using Clock = std::chrono::steady_clock;
 
+// A non-negative decimal integer with surrounding whitespace, or nullopt.
+std::optional<long long> parse_count(std::string_view s) {
+  const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+  while (!s.empty() && space(s.front())) s.remove_prefix(1);
+  while (!s.empty() && space(s.back())) s.remove_suffix(1);
+  long long v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size() || v < 0) return std::nullopt;
+  return v;
+}
+
+// ceil(quota / period) when both are positive counts; nullopt = no cap.
+std::optional<long long> quota_cpus(std::string_view quota, std::string_view period) {
+  const auto q = parse_count(quota), p = parse_count(period);
+  if (!q || !p || *q <= 0 || *p <= 0) return std::nullopt;
+  return (*q + *p - 1) / *p;
+}
+
+std::string read_file(const char* path) {
+  std::ifstream f(path);
+  return f ? std::string(std::istreambuf_iterator<char>(f), {}) : std::string();
+}
+
 }  // namespace
+
+int usable_cpus(const CpuLimitSources& src) {
+  long long n = src.affinity_cpus > 0 ? src.affinity_cpus : std::thread::hardware_concurrency();
+  // cgroup v2 cpu.max is "QUOTA PERIOD" on one line, QUOTA "max" when unlimited.
+  const std::string_view v2 = src.cgroup2_cpu_max;
+  if (const size_t sp = v2.find(' '); sp != std::string_view::npos) {
+    if (const auto cap = quota_cpus(v2.substr(0, sp), v2.substr(sp + 1))) n = std::min(n, *cap);
+  }
+  if (const auto cap = quota_cpus(src.cgroup1_cfs_quota_us, src.cgroup1_cfs_period_us)) n = std::min(n, *cap);
+  return static_cast<int>(std::max(1LL, n));
+}
+
+int default_thread_count() {
+  CpuLimitSources src;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) src.affinity_cpus = CPU_COUNT(&set);
+  src.cgroup2_cpu_max = read_file("/sys/fs/cgroup/cpu.max");
+  src.cgroup1_cfs_quota_us = read_file("/sys/fs/cgroup/cpu/cpu.cfs_quota_us");
+  src.cgroup1_cfs_period_us = read_file("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+  return usable_cpus(src);
+}
 
 void ThreadPool::FreeDeleter::operator()(std::byte* p) const { std::free(p); }
 

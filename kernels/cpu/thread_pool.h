@@ -25,10 +25,33 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 namespace chatradio::kernels::cpu {
+
+// What bounds the CPUs this process may use, as read from the system: the
+// affinity mask and the CPU bandwidth quota of its cgroup (a container's
+// `--cpus`), which the affinity mask does not show. Empty strings = file absent.
+struct CpuLimitSources {
+  int affinity_cpus = 0;              // CPUs in sched_getaffinity's mask (0 = unknown)
+  std::string cgroup2_cpu_max;        // cgroup v2 cpu.max: "max 100000" or "200000 100000"
+  std::string cgroup1_cfs_quota_us;   // cgroup v1 cpu.cfs_quota_us: "-1" or "200000"
+  std::string cgroup1_cfs_period_us;  // cgroup v1 cpu.cfs_period_us: "100000"
+};
+
+// The thread count that uses the CPUs we may use and no more: the affinity
+// count, capped by each quota present as ceil(quota / period) (a fractional
+// quota still needs that CPU's share), never below 1. Unparsable or unlimited
+// ("max", "-1") quotas do not cap. Pure, so tests feed it fixture strings.
+int usable_cpus(const CpuLimitSources& src);
+
+// usable_cpus() of this process, read from sched_getaffinity and
+// /sys/fs/cgroup/{cpu.max, cpu/cpu.cfs_quota_us, cpu/cpu.cfs_period_us}:
+// the default --threads of the CLI and the server.
+int default_thread_count();
 
 class ThreadPool {
  public:

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <string>
 
+#include "kernels/cpu/thread_pool.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/quantize_config.h"
@@ -31,7 +32,7 @@ constexpr const char* kHelp =
     "  --reference DIR    float checkpoint to compare a GPTQ model with\n"
     "  --window N         positions per window (default: the model's context)\n"
     "  --group-size N     int4 group size when quantizing at load (32, 64, 128; default 128)\n"
-    "  --threads N        CPU threads (default 1)\n"
+    "  --threads N        CPU threads (default: the usable cores, cgroup quota included)\n"
     "  --kv-dtype f16|f32 KV cache element type (default f16, as served)\n";
 
 std::string read_file(const std::string& path) {
@@ -70,7 +71,7 @@ int run(int argc, char** argv) {
   const int window = static_cast<int>(args.integer("window", cfg.max_position_embeddings, 2,
                                                     cfg.max_position_embeddings));
   const int group = static_cast<int>(args.integer("group-size", 128, -1, 1 << 20));
-  const int threads = static_cast<int>(args.integer("threads", 1, 1, 256));
+  const int threads = static_cast<int>(args.integer("threads", kernels::cpu::default_thread_count(), 1, 256));
   const model::KvDtype kv = kv_dtype_arg(args);
   const model::Tokenizer tok = model::Tokenizer::load(dir + "/tokenizer.model");
   const std::vector<int32_t> ids = tok.encode(text);

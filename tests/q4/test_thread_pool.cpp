@@ -3,6 +3,7 @@
 // long enough for workers to fall asleep (the futex path).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -114,6 +115,72 @@ TEST(ThreadPool, WorkspaceIsAlignedAndGrows) {
   std::byte* c = pool.workspace(1 << 20);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(c) % 64, 0u);
   c[(1 << 20) - 1] = std::byte{2};
+}
+
+// The default thread count: the affinity mask capped by cgroup quotas, with
+// the files' contents as the kernel writes them (trailing newline included).
+CpuLimitSources affinity(int cpus) {
+  CpuLimitSources s;
+  s.affinity_cpus = cpus;
+  return s;
+}
+
+TEST(UsableCpus, AffinityAloneWhenNoQuota) {
+  EXPECT_EQ(usable_cpus(affinity(8)), 8);
+  CpuLimitSources s = affinity(8);
+  s.cgroup2_cpu_max = "max 100000\n";
+  s.cgroup1_cfs_quota_us = "-1\n";
+  s.cgroup1_cfs_period_us = "100000\n";
+  EXPECT_EQ(usable_cpus(s), 8);
+}
+
+TEST(UsableCpus, Cgroup2QuotaCapsRoundingUp) {
+  CpuLimitSources s = affinity(8);
+  s.cgroup2_cpu_max = "200000 100000\n";
+  EXPECT_EQ(usable_cpus(s), 2);
+  s.cgroup2_cpu_max = "150000 100000\n";  // --cpus 1.5 still needs two threads' worth
+  EXPECT_EQ(usable_cpus(s), 2);
+  s.cgroup2_cpu_max = "50000 100000\n";  // half a CPU: never below 1
+  EXPECT_EQ(usable_cpus(s), 1);
+  s.cgroup2_cpu_max = "1600000 100000\n";  // a quota above the mask does not raise it
+  EXPECT_EQ(usable_cpus(s), 8);
+}
+
+TEST(UsableCpus, Cgroup1QuotaCaps) {
+  CpuLimitSources s = affinity(16);
+  s.cgroup1_cfs_quota_us = "300000\n";
+  s.cgroup1_cfs_period_us = "100000\n";
+  EXPECT_EQ(usable_cpus(s), 3);
+  s.cgroup1_cfs_quota_us = "250000\n";
+  s.cgroup1_cfs_period_us = "200000\n";
+  EXPECT_EQ(usable_cpus(s), 2);
+}
+
+TEST(UsableCpus, SmallestCapWins) {
+  CpuLimitSources s = affinity(16);
+  s.cgroup2_cpu_max = "400000 100000";
+  s.cgroup1_cfs_quota_us = "200000";
+  s.cgroup1_cfs_period_us = "100000";
+  EXPECT_EQ(usable_cpus(s), 2);
+}
+
+TEST(UsableCpus, MalformedQuotasDoNotCap) {
+  for (const char* bad : {"", "max", "garbage", "100000", "-5 100000", "200000 0", "2e5 100000", "200000 x"}) {
+    CpuLimitSources s = affinity(4);
+    s.cgroup2_cpu_max = bad;
+    EXPECT_EQ(usable_cpus(s), 4) << "cpu.max '" << bad << "'";
+  }
+  CpuLimitSources s = affinity(4);
+  s.cgroup1_cfs_quota_us = "200000";  // a quota without its period
+  EXPECT_EQ(usable_cpus(s), 4);
+}
+
+TEST(UsableCpus, UnknownAffinityFallsBackToHardware) {
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_EQ(usable_cpus(affinity(0)), hw);
+  const int here = default_thread_count();
+  EXPECT_GE(here, 1);
+  EXPECT_LE(here, hw);
 }
 
 }  // namespace

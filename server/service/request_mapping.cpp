@@ -319,8 +319,7 @@ Status check_rouge_choices(const v1::ScoreRequest& req) {
 
 Status score_rouge(v1::ScoreResponse& dst, const v1::ScoreRequest& req, prompt::Language language,
                    const text::JiebaDict* jieba) {
-  if (Status s = check_rouge_choices(req); !s.ok()) return s;
-  // Known values only from here on.
+  // Known values only (check_rouge_choices ran first).
   const v1::RougeMode mode_used =
       req.rouge_mode() == v1::ROUGE_MODE_LIN ? v1::ROUGE_MODE_LIN : v1::ROUGE_MODE_CHINESE_COMPAT;
   const text::RougeMode mode =

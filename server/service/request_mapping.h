@@ -99,9 +99,9 @@ grpc::Status check_rouge_choices(const v1::ScoreRequest& req);
 // jieba with the HMM in that mode (any language: ' '.join(jieba.cut(text))),
 // char for Chinese and english for English (`language`) in ROUGE_MODE_LIN
 // (docs/rouge.md). FAILED_PRECONDITION when jieba is needed and `jieba` is
-// null or lacks the HMM tables; INVALID_ARGUMENT for an unknown mode or
-// segmenter and for texts the mode refuses (too long; for rouge_chinese, a
-// whitespace-only reference).
+// null or lacks the HMM tables; INVALID_ARGUMENT for texts the mode refuses
+// (too long; for rouge_chinese, a whitespace-only reference). The caller has
+// passed req through check_rouge_choices: mode and segmenter are known values.
 grpc::Status score_rouge(v1::ScoreResponse& dst, const v1::ScoreRequest& req, prompt::Language language,
                          const text::JiebaDict* jieba);
 

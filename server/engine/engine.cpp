@@ -15,6 +15,7 @@ void Handle::push(int32_t token) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     pending_.push_back(token);
+    if (on_update_) on_update_();
   }
   cv_.notify_all();
 }
@@ -25,6 +26,7 @@ void Handle::finish(Outcome outcome) {
     if (done_) return;
     outcome_ = std::move(outcome);
     done_ = true;
+    if (on_update_) on_update_();
   }
   cv_.notify_all();
 }
@@ -37,9 +39,8 @@ bool Handle::next(std::vector<int32_t>& out) {
   return !done_;
 }
 
-bool Handle::next_for(std::vector<int32_t>& out, std::chrono::milliseconds timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return done_ || !pending_.empty(); });
+bool Handle::take(std::vector<int32_t>& out) {
+  std::lock_guard<std::mutex> lock(mu_);
   out.insert(out.end(), pending_.begin(), pending_.end());
   pending_.clear();
   return !done_;
@@ -125,8 +126,8 @@ Engine::~Engine() {
   for (Submission& s : inbox_) s.handle->finish(cancelled);
 }
 
-std::shared_ptr<Handle> Engine::rejected(uint64_t id, std::string error) {
-  auto h = std::shared_ptr<Handle>(new Handle(id, [](uint64_t) {}));
+std::shared_ptr<Handle> Engine::rejected(uint64_t id, std::string error, std::function<void()> on_update) {
+  auto h = std::shared_ptr<Handle>(new Handle(id, [](uint64_t) {}, std::move(on_update)));
   Outcome o;
   o.status = Status::kRejected;
   o.error = std::move(error);
@@ -134,19 +135,44 @@ std::shared_ptr<Handle> Engine::rejected(uint64_t id, std::string error) {
   return h;
 }
 
+namespace {
+
+// Why a generation request can never run; empty when it can.
+std::string refusal(const GenerateParams& p, const model::LlamaConfig& cfg) {
+  if (p.prompt.empty()) return "the prompt has no tokens";
+  if (p.max_new_tokens < 1) return "max_new_tokens must be >= 1";
+  if (std::string e = model::validate(p.sampling); !e.empty()) return e;
+  if (std::string e = check_tokens(p.prompt, cfg.vocab_size, "the prompt"); !e.empty()) return e;
+  const int64_t total = static_cast<int64_t>(p.prompt.size()) + p.max_new_tokens;
+  if (total > cfg.max_position_embeddings) {
+    return "prompt of " + std::to_string(p.prompt.size()) + " tokens plus max_new_tokens " +
+           std::to_string(p.max_new_tokens) + " exceeds the model context of " +
+           std::to_string(cfg.max_position_embeddings) + " tokens";
+  }
+  return "";
+}
+
+// Why a scoring request can never run; empty when it can.
+std::string refusal(const ScoreParams& p, const model::LlamaConfig& cfg) {
+  if (p.prompt.empty()) return "the prompt has no tokens";
+  if (p.continuation.empty()) return "nothing to score: the continuation has no tokens";
+  if (std::string e = check_tokens(p.prompt, cfg.vocab_size, "the prompt"); !e.empty()) return e;
+  if (std::string e = check_tokens(p.continuation, cfg.vocab_size, "the continuation"); !e.empty()) return e;
+  const int64_t total = static_cast<int64_t>(p.prompt.size()) + p.continuation.size();
+  if (total > cfg.max_position_embeddings) {
+    return "prompt of " + std::to_string(p.prompt.size()) + " tokens plus " + std::to_string(p.continuation.size()) +
+           " tokens to score exceeds the model context of " + std::to_string(cfg.max_position_embeddings) + " tokens";
+  }
+  return "";
+}
+
+}  // namespace
+
 std::shared_ptr<Handle> Engine::generate(GenerateParams params) {
   const uint64_t id = next_id_++;
+  std::function<void()> on_update = std::move(params.on_update);
   const model::LlamaConfig& cfg = backend_.config();
-  if (params.prompt.empty()) return rejected(id, "the prompt has no tokens");
-  if (params.max_new_tokens < 1) return rejected(id, "max_new_tokens must be >= 1");
-  if (std::string e = model::validate(params.sampling); !e.empty()) return rejected(id, e);
-  if (std::string e = check_tokens(params.prompt, cfg.vocab_size, "the prompt"); !e.empty()) return rejected(id, e);
-  const int64_t total = static_cast<int64_t>(params.prompt.size()) + params.max_new_tokens;
-  if (total > cfg.max_position_embeddings) {
-    return rejected(id, "prompt of " + std::to_string(params.prompt.size()) + " tokens plus max_new_tokens " +
-                            std::to_string(params.max_new_tokens) + " exceeds the model context of " +
-                            std::to_string(cfg.max_position_embeddings) + " tokens");
-  }
+  if (std::string e = refusal(params, cfg); !e.empty()) return rejected(id, std::move(e), std::move(on_update));
   Submission sub;
   sub.request.id = id;
   sub.request.kind = RequestKind::kGenerate;
@@ -155,24 +181,14 @@ std::shared_ptr<Handle> Engine::generate(GenerateParams params) {
   sub.request.max_new_tokens = params.max_new_tokens;
   sub.request.eos_id = cfg.eos_token_id;
   sub.gen = std::move(params);
-  return submit(std::move(sub));
+  return submit(std::move(sub), std::move(on_update));
 }
 
 std::shared_ptr<Handle> Engine::score(ScoreParams params) {
   const uint64_t id = next_id_++;
-  const model::LlamaConfig& cfg = backend_.config();
-  if (params.prompt.empty()) return rejected(id, "the prompt has no tokens");
-  if (params.continuation.empty()) return rejected(id, "nothing to score: the continuation has no tokens");
-  if (std::string e = check_tokens(params.prompt, cfg.vocab_size, "the prompt"); !e.empty()) return rejected(id, e);
-  if (std::string e = check_tokens(params.continuation, cfg.vocab_size, "the continuation"); !e.empty()) {
-    return rejected(id, e);
-  }
-  const int64_t total = static_cast<int64_t>(params.prompt.size()) + params.continuation.size();
-  if (total > cfg.max_position_embeddings) {
-    return rejected(id, "prompt of " + std::to_string(params.prompt.size()) + " tokens plus " +
-                            std::to_string(params.continuation.size()) +
-                            " tokens to score exceeds the model context of " +
-                            std::to_string(cfg.max_position_embeddings) + " tokens");
+  std::function<void()> on_update = std::move(params.on_update);
+  if (std::string e = refusal(params, backend_.config()); !e.empty()) {
+    return rejected(id, std::move(e), std::move(on_update));
   }
   Submission sub;
   sub.request.id = id;
@@ -181,28 +197,34 @@ std::shared_ptr<Handle> Engine::score(ScoreParams params) {
   sub.request.prompt = std::move(params.prompt);
   sub.request.continuation = std::move(params.continuation);
   if (params.deadline) sub.request.deadline = std::chrono::duration<double>(*params.deadline - epoch_).count();
-  return submit(std::move(sub));
+  return submit(std::move(sub), std::move(on_update));
 }
 
-std::shared_ptr<Handle> Engine::submit(Submission sub) {
+std::shared_ptr<Handle> Engine::submit(Submission sub, std::function<void()> on_update) {
   const uint64_t id = sub.request.id;
   if (sub.gen && sub.gen->deadline) {
     sub.request.deadline = std::chrono::duration<double>(*sub.gen->deadline - epoch_).count();
   }
   sub.submitted = Clock::now();
   sub.request.arrival = std::chrono::duration<double>(sub.submitted - epoch_).count();
-  sub.handle = std::shared_ptr<Handle>(new Handle(id, [this](uint64_t i) { request_cancel(i); }));
-  std::shared_ptr<Handle> h = sub.handle;
+  std::string refused;
+  std::shared_ptr<Handle> h;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) return rejected(id, "the engine is shutting down");
     const size_t queued = inbox_.size() + static_cast<size_t>(stats_.n_waiting);
-    if (queued >= static_cast<size_t>(opts_.max_waiting)) {
-      return rejected(id, "overloaded: " + std::to_string(queued) + " requests already waiting (limit " +
-                              std::to_string(opts_.max_waiting) + "); retry later");
+    if (stop_) {
+      refused = "the engine is shutting down";
+    } else if (queued >= static_cast<size_t>(opts_.max_waiting)) {
+      refused = "overloaded: " + std::to_string(queued) + " requests already waiting (limit " +
+                std::to_string(opts_.max_waiting) + "); retry later";
+    } else {
+      h = std::shared_ptr<Handle>(new Handle(id, [this](uint64_t i) { request_cancel(i); }, on_update));
+      sub.handle = h;
+      inbox_.push_back(std::move(sub));
     }
-    inbox_.push_back(std::move(sub));
   }
+  // Refused outside the inbox lock: on_update may take the submitter's locks.
+  if (!refused.empty()) return rejected(id, std::move(refused), std::move(on_update));
   cv_.notify_all();
   return h;
 }

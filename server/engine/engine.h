@@ -4,7 +4,8 @@
 // Threads and queues (docs/architecture.md):
 //   submitters (gRPC handlers, CLI, tests) --submit()/cancel()--> inbox (mutex)
 //   engine thread: inbox -> Scheduler -> Plan -> Backend::forward -> Sampler
-//                  -> each request's Handle (mutex + condvar) -> the submitter
+//                  -> each request's Handle (mutex + condvar, and the
+//                     submitter's on_update callback) -> the submitter
 // The engine thread is the only one that touches the scheduler, the backend and
 // the samplers; submitters only ever touch the inbox and their own handle.
 #pragma once
@@ -70,8 +71,10 @@ class Handle {
   // to `out`. Returns false once the request has ended and every token was
   // delivered (then outcome() is final).
   bool next(std::vector<int32_t>& out);
-  // Same with a time limit: returns true with nothing appended on timeout.
-  bool next_for(std::vector<int32_t>& out, std::chrono::milliseconds timeout);
+  // Never blocks: appends the tokens that arrived so far to `out`; false once
+  // the request has ended and every token was delivered. For submitters that
+  // learn of news from on_update instead of waiting.
+  bool take(std::vector<int32_t>& out);
   // Blocks until the request ends.
   const Outcome& wait();
   bool done() const;
@@ -81,12 +84,16 @@ class Handle {
 
  private:
   friend class Engine;
-  Handle(uint64_t id, std::function<void(uint64_t)> canceller) : id_(id), cancel_(std::move(canceller)) {}
+  Handle(uint64_t id, std::function<void(uint64_t)> canceller, std::function<void()> on_update)
+      : id_(id), cancel_(std::move(canceller)), on_update_(std::move(on_update)) {}
   void push(int32_t token);
   void finish(Outcome outcome);
 
   const uint64_t id_;
   std::function<void(uint64_t)> cancel_;
+  // Called with mu_ held, so a submitter that sees done() knows no call of it
+  // is still running (it may then free whatever the callback points at).
+  const std::function<void()> on_update_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<int32_t> pending_;  // sampled, not yet taken by next()
@@ -104,6 +111,11 @@ struct GenerateParams {
   // generated tokens so far (including it): true ends the request with
   // Finish::kStop, keeping that token.
   std::function<bool(std::span<const int32_t> generated)> stop;
+  // Optional: called after new tokens arrive and once when the request ends
+  // (also when it is refused inside generate()). Runs on the engine thread
+  // (or the caller's, for a refusal) with the handle's lock held: it must only
+  // hand the news on (schedule work elsewhere), never block or call the Handle.
+  std::function<void()> on_update;
 };
 
 struct ScoreParams {
@@ -111,6 +123,7 @@ struct ScoreParams {
   std::vector<int32_t> continuation;  // non-empty: the tokens to score
   Priority priority = Priority::kRoutine;
   std::optional<Clock::time_point> deadline;
+  std::function<void()> on_update;  // as GenerateParams::on_update (called once, at the end)
 };
 
 struct EngineOptions {
@@ -167,8 +180,8 @@ class Engine {
     Clock::time_point submitted;
   };
 
-  std::shared_ptr<Handle> submit(Submission sub);
-  std::shared_ptr<Handle> rejected(uint64_t id, std::string error);
+  std::shared_ptr<Handle> submit(Submission sub, std::function<void()> on_update);
+  static std::shared_ptr<Handle> rejected(uint64_t id, std::string error, std::function<void()> on_update);
   void request_cancel(uint64_t id);
   void run();
   void step();

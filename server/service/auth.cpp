@@ -93,7 +93,7 @@ std::string TokenAuth::check_header(const std::string* authorization) const {
   return ok ? "" : "invalid bearer token";
 }
 
-std::string TokenAuth::check(const grpc::ServerContext& ctx) const {
+std::string TokenAuth::check(const grpc::ServerContextBase& ctx) const {
   if (!enabled()) return "";
   const auto& md = ctx.client_metadata();
   const auto it = md.find("authorization");

@@ -38,7 +38,7 @@ class TokenAuth {
   bool enabled() const { return !tokens_.empty(); }
   // "" when the caller may proceed, else the UNAUTHENTICATED message. Every
   // accepted token is compared, so the time does not tell which one is close.
-  std::string check(const grpc::ServerContext& ctx) const;
+  std::string check(const grpc::ServerContextBase& ctx) const;
   // The same check on a raw metadata value (tests, other transports).
   std::string check_header(const std::string* authorization) const;
 

@@ -1,12 +1,16 @@
-// chatradio.v1.ImpressionService on the engine. Each handler runs one way:
+// chatradio.v1.ImpressionService on the engine. Each call runs one way:
 //   auth -> readiness -> validate -> render template -> tokenize -> context
 //   check -> engine.generate/score -> stream deltas -> response
 // and ends in exactly one request log line and one metrics sample.
 //
-// Handlers use gRPC's synchronous API: a handler thread waits on its engine
-// Handle with next_for() and polls ServerContext::IsCancelled() between waits,
-// so a client that goes away (or a deadline that passes) frees its engine
-// request within one poll interval.
+// gRPC's callback API, public classes only: the generated
+// WithRawCallbackMethod_* mixins give each method raw request bytes and a
+// reactor. No call holds a thread while the engine works on it. The method
+// handler (a gRPC thread) parses, validates and tokenizes; from then on the
+// call is a small state machine stepped on the service's CallPump thread,
+// woken by the engine (Handle on_update: new tokens, the end), by gRPC
+// (OnWriteDone, OnCancel, OnDone) and by the drain. A client that goes away or
+// a deadline that passes cancels the engine request at once (OnCancel).
 //
 // Accounting: every call that reaches a handler ends in exactly one log line
 // and one metric sample carrying the status the client saw. A call that ends
@@ -30,19 +34,20 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 
-#include <grpcpp/impl/service_type.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/byte_buffer.h>
-#include <grpcpp/support/sync_stream.h>
+#include <grpcpp/support/server_callback.h>
 
-#include "chatradio/v1/impression_service.pb.h"
+#include "chatradio/v1/impression_service.grpc.pb.h"
 #include "model/backend.h"
 #include "model/tokenizer.h"
 #include "server/engine/engine.h"
 #include "server/prompt/guards.h"
 #include "server/prompt/templates.h"
 #include "server/service/auth.h"
+#include "server/service/call_pump.h"
 #include "server/service/metrics.h"
 #include "server/service/options.h"
 #include "server/service/request_log.h"
@@ -74,11 +79,16 @@ struct ServiceDeps {
   Logger* log = nullptr;
 };
 
-// Registers the methods of chatradio.v1.ImpressionService itself (same names
-// and types as the generated Service) with byte-buffer requests.
-class ImpressionServiceImpl final : public grpc::Service {
+// The generated service with every method taking raw bytes through a reactor.
+using ImpressionServiceBase = v1::ImpressionService::WithRawCallbackMethod_GenerateImpression<
+    v1::ImpressionService::WithRawCallbackMethod_StreamImpression<
+        v1::ImpressionService::WithRawCallbackMethod_Score<v1::ImpressionService::Service>>>;
+
+class ImpressionServiceImpl final : public ImpressionServiceBase {
  public:
   explicit ImpressionServiceImpl(ServiceDeps deps);
+  // Every call has ended (the gRPC server has stopped) before this runs.
+  ~ImpressionServiceImpl() override;
 
   // Published by the server once warm-up succeeded; null = not ready (UNAVAILABLE).
   void set_runtime(const Runtime* rt) { runtime_.store(rt, std::memory_order_release); }
@@ -88,16 +98,15 @@ class ImpressionServiceImpl final : public grpc::Service {
   bool wait_idle(std::chrono::steady_clock::time_point deadline);
   // Requests in flight stop their engine work and end with UNAVAILABLE, saying
   // how many tokens they had (the drain's deadline passed).
-  void abort_in_flight() { aborting_.store(true, std::memory_order_release); }
+  void abort_in_flight();
 
-  grpc::Status GenerateImpression(grpc::ServerContext* ctx, const grpc::ByteBuffer* req,
-                                  v1::GenerateImpressionResponse* resp);
-  grpc::Status StreamImpression(grpc::ServerContext* ctx, const grpc::ByteBuffer* req,
-                                grpc::ServerWriter<v1::StreamImpressionResponse>* writer);
-  grpc::Status Score(grpc::ServerContext* ctx, const grpc::ByteBuffer* req, v1::ScoreResponse* resp);
+  grpc::ServerUnaryReactor* GenerateImpression(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                               grpc::ByteBuffer* resp) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamImpression(grpc::CallbackServerContext* ctx,
+                                                               const grpc::ByteBuffer* req) override;
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req,
+                                  grpc::ByteBuffer* resp) override;
 
-  // How often a waiting handler checks for cancellation.
-  static constexpr std::chrono::milliseconds kPoll{20};
   // A client cancel that arrives this close to the call's deadline is the
   // deadline: gRPC clients cancel on their own deadline, which runs ahead of
   // the server's copy by the request's transit time, and their RST_STREAM
@@ -107,38 +116,33 @@ class ImpressionServiceImpl final : public grpc::Service {
  private:
   struct Scope;      // one RPC's record, timings and end-of-request bookkeeping
   class TextStream;  // streamed deltas with the blank-prefix hold-back
-  struct Attempt;    // one engine submission's result
+  class Call;        // one RPC's state machine (service.cpp)
+  class UnaryCall;
+  class StreamCall;
 
-  enum class Stop : uint8_t { kNone, kClientGone, kAborted };  // why a handler stopped its engine request
-  template <typename OnTokens>
-  Stop follow(engine::Handle& h, grpc::ServerContext* ctx, OnTokens&& on_tokens);
+  enum class Stop : uint8_t { kNone, kClientGone, kAborted };  // why a call stopped its engine request
   // The status of a request that did not finish; `tokens` it generated, < 0
   // when none can have been (it never reached the engine, or Score).
-  grpc::Status end_status(const engine::Outcome& o, Stop stop, const grpc::ServerContext& ctx, int tokens) const;
-  grpc::Status gone_status(const grpc::ServerContext& ctx, int tokens) const;
-  grpc::Status admit(const grpc::ServerContext& ctx, const Runtime*& rt, Scope& scope);
-  grpc::Status generate(grpc::ServerContext* ctx, const v1::GenerateImpressionRequest& req,
-                        v1::GenerateImpressionResponse& dst, Scope& scope,
-                        grpc::ServerWriter<v1::StreamImpressionResponse>* writer);
-  grpc::Status score(grpc::ServerContext* ctx, const v1::ScoreRequest& req, v1::ScoreResponse& dst, Scope& scope);
-  grpc::Status finish(Scope& scope, grpc::Status status);
-  std::optional<grpc::Status> already_gone(const grpc::ServerContext& ctx, const grpc::ByteBuffer& bytes) const;
-  grpc::Status finish_unread(Scope& scope, grpc::Status gone);
-  grpc::Status refuse(Scope& scope, const grpc::ServerContext& ctx, grpc::Status parse_error);
+  grpc::Status end_status(const engine::Outcome& o, Stop stop, const grpc::ServerContextBase& ctx, int tokens) const;
+  grpc::Status gone_status(const grpc::ServerContextBase& ctx, int tokens) const;
+  grpc::Status admit(const grpc::ServerContextBase& ctx, const Runtime*& rt, Scope& scope, Call* call);
+  void finish(Scope& scope, const grpc::Status& status, Call* call);
+  std::optional<grpc::Status> already_gone(const grpc::ServerContextBase& ctx, const grpc::ByteBuffer& bytes) const;
   uint64_t fresh_seed();
   std::string next_request_id();
 
   ServiceDeps deps_;
   std::unique_ptr<prompt::RepetitionDetector> detector_;  // null when the guard is off
   std::atomic<const Runtime*> runtime_{nullptr};
-  std::mutex mu_;  // draining_ and in_flight_, so no request is admitted after the drain counted them
+  std::mutex mu_;  // draining_, in_flight_, so no request is admitted after the drain counted them
   std::condition_variable idle_cv_;
   bool draining_ = false;
-  int in_flight_ = 0;  // admitted requests whose handler has not finished
+  std::unordered_set<Call*> in_flight_;  // admitted calls that have not ended
   std::atomic<bool> aborting_{false};
   std::atomic<uint64_t> seed_state_;
   std::atomic<uint64_t> request_counter_{0};
   std::string id_prefix_;  // per process, so ids from restarts do not collide
+  CallPump pump_;          // last: its thread stops (running what is queued) before the rest goes
 };
 
 }  // namespace chatradio::service

@@ -96,12 +96,12 @@ TEST_F(EngineCpu, ScoreEqualsDirectLogprobsAndPrefixHitsChangeNothing) {
     }
   }
   Engine engine(*llama, EngineOptions{});
-  const Outcome first = engine.score(ScoreParams{p, cont, Priority::kRoutine, std::nullopt})->wait();
+  const Outcome first = engine.score(ScoreParams{p, cont, Priority::kRoutine, std::nullopt, {}})->wait();
   ASSERT_EQ(first.status, Status::kOk) << first.error;
   EXPECT_EQ(first.finish, Finish::kScored);
   EXPECT_EQ(first.logprobs, ref);
   const uint64_t hits_before = engine.stats().prefix_hits;
-  const Outcome second = engine.score(ScoreParams{p, cont, Priority::kRoutine, std::nullopt})->wait();
+  const Outcome second = engine.score(ScoreParams{p, cont, Priority::kRoutine, std::nullopt, {}})->wait();
   EXPECT_GT(engine.stats().prefix_hits, hits_before);
   EXPECT_EQ(second.logprobs, first.logprobs) << "a prefix-cache hit must give bitwise the same numbers";
 }
@@ -342,8 +342,8 @@ TEST_F(EngineCpu, NonFiniteLogitsFailOnlyTheirRequest) {
   healthy_handles.push_back(engine.generate(healthy[0]));
   const auto inf_h = engine.generate(inf_gen);
   healthy_handles.push_back(engine.generate(healthy[1]));
-  const auto score_bad = engine.score(ScoreParams{base, used_row, Priority::kStat, std::nullopt});
-  const auto score_ok = engine.score(ScoreParams{base, unused_row, Priority::kRoutine, std::nullopt});
+  const auto score_bad = engine.score(ScoreParams{base, used_row, Priority::kStat, std::nullopt, {}});
+  const auto score_ok = engine.score(ScoreParams{base, unused_row, Priority::kRoutine, std::nullopt, {}});
   for (int i = 2; i < 4; ++i) healthy_handles.push_back(engine.generate(healthy[i]));
   poisoned.release();
 
@@ -362,7 +362,7 @@ TEST_F(EngineCpu, NonFiniteLogitsFailOnlyTheirRequest) {
   for (float lp : so.logprobs) EXPECT_TRUE(std::isfinite(lp));
   {
     Engine clean(*alone, EngineOptions{});
-    EXPECT_EQ(so.logprobs, clean.score(ScoreParams{base, unused_row, Priority::kRoutine, std::nullopt})->wait().logprobs);
+    EXPECT_EQ(so.logprobs, clean.score(ScoreParams{base, unused_row, Priority::kRoutine, std::nullopt, {}})->wait().logprobs);
   }
   for (size_t i = 0; i < healthy.size(); ++i) {
     const Outcome& o = healthy_handles[i]->wait();

@@ -6,21 +6,25 @@
 // through Server::Shutdown(deadline), so a single client-side health watcher
 // holds every drain to the full --drain-timeout. Here Shutdown() ends every
 // Watch (after telling it NOT_SERVING), and the drain waits only for real work.
+//
+// Callback API like the ImpressionService: a Watch is a reactor that writes
+// when its status changes, not a thread waiting for it.
 #pragma once
 
 #include <grpcpp/health_check_service_interface.h>
 
-#include <chrono>
-#include <condition_variable>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace chatradio::service {
 
-class HealthService final : public grpc::health::v1::Health::Service, public grpc::HealthCheckServiceInterface {
+class HealthService final : public grpc::health::v1::Health::CallbackService,
+                            public grpc::HealthCheckServiceInterface {
  public:
   using ServingStatus = grpc::health::v1::HealthCheckResponse::ServingStatus;
 
@@ -35,21 +39,21 @@ class HealthService final : public grpc::health::v1::Health::Service, public grp
   // grpc.health.v1.Health. Check: NOT_FOUND for unknown names. Watch: the
   // current status, then every change; SERVICE_UNKNOWN for unknown names;
   // ends with UNAVAILABLE at Shutdown().
-  grpc::Status Check(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
-                     grpc::health::v1::HealthCheckResponse* resp) override;
-  grpc::Status Watch(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
-                     grpc::ServerWriter<grpc::health::v1::HealthCheckResponse>* writer) override;
-
-  // How often a Watch checks whether its client went away.
-  static constexpr std::chrono::milliseconds kPoll{100};
+  grpc::ServerUnaryReactor* Check(grpc::CallbackServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
+                                  grpc::health::v1::HealthCheckResponse* resp) override;
+  grpc::ServerWriteReactor<grpc::health::v1::HealthCheckResponse>* Watch(
+      grpc::CallbackServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req) override;
 
  private:
-  ServingStatus status_of(const std::string& name) const;  // under mu_
+  class Watcher;  // one Watch call (health.cpp)
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
+  ServingStatus status_of(const std::string& name) const;  // under mu_
+  void notify_watchers();                                  // under mu_
+  void forget(Watcher* w);
+
+  mutable std::mutex mu_;  // taken before any Watcher's own lock
   std::map<std::string, ServingStatus> statuses_;
-  uint64_t version_ = 0;  // bumped on every change, so watchers notice
+  std::set<Watcher*> watchers_;  // Watch calls not yet done
   bool shutdown_ = false;
 };
 

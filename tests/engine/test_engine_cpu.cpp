@@ -6,10 +6,13 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <functional>
 #include <limits>
 #include <mutex>
+#include <memory>
 #include <span>
 #include <thread>
+#include <tuple>
 
 #include "model/generate.h"
 #include "model/llama.h"
@@ -429,6 +432,69 @@ TEST_F(EngineCpu, StatSlotPreemptionKeepsEveryOutputTheSame) {
   EXPECT_EQ(bo.n_preemptions, 1);  // same arrival order, later: ranks worst
   EXPECT_EQ(ao.tokens, refs[0].tokens);
   EXPECT_EQ(bo.tokens, refs[1].tokens);
+}
+
+// on_update, what the service's calls wait on instead of a thread: called for
+// every token and once at the end (a refusal inside generate()/score() too),
+// and a submitter that sees done() has had its last call. Draining with take()
+// only when woken delivers every token.
+TEST_F(EngineCpu, OnUpdateWakesForEveryTokenAndTheEnd) {
+  auto llama = load(64);
+  Engine engine(*llama, EngineOptions{});
+  struct Watch {
+    std::mutex mu;
+    std::condition_variable cv;
+    int calls = 0;
+  };
+  auto run = [&](auto submit) {
+    auto w = std::make_shared<Watch>();
+    std::function<void()> notify = [w] {
+      std::lock_guard<std::mutex> lock(w->mu);
+      ++w->calls;
+      w->cv.notify_all();
+    };
+    std::shared_ptr<Handle> h = submit(notify);
+    std::vector<int32_t> got;
+    int seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> lock(w->mu);
+      w->cv.wait(lock, [&] { return w->calls > seen; });
+      seen = w->calls;
+      lock.unlock();
+      if (!h->take(got)) break;
+    }
+    std::lock_guard<std::mutex> lock(w->mu);
+    return std::make_tuple(h->wait(), got, w->calls);
+  };
+
+  GenerateParams g;
+  g.prompt = prompt(1);
+  g.max_new_tokens = 12;
+  const auto [o, got, calls] = run([&](std::function<void()> n) {
+    GenerateParams p = g;
+    p.on_update = std::move(n);
+    return engine.generate(std::move(p));
+  });
+  ASSERT_EQ(o.status, Status::kOk) << o.error;
+  EXPECT_EQ(got, o.tokens);
+  EXPECT_EQ(calls, static_cast<int>(o.tokens.size()) + 1);  // each token, then the end
+
+  GenerateParams bad = g;
+  bad.max_new_tokens = 0;
+  const auto [ro, rgot, rcalls] = run([&](std::function<void()> n) {
+    bad.on_update = std::move(n);
+    return engine.generate(std::move(bad));
+  });
+  EXPECT_EQ(ro.status, Status::kRejected);
+  EXPECT_TRUE(rgot.empty());
+  EXPECT_EQ(rcalls, 1);
+
+  const auto [so, sgot, scalls] = run([&](std::function<void()> n) {
+    return engine.score(ScoreParams{prompt(2), {300, 301, 302}, Priority::kRoutine, std::nullopt, std::move(n)});
+  });
+  ASSERT_EQ(so.status, Status::kOk) << so.error;
+  EXPECT_EQ(so.logprobs.size(), 3u);
+  EXPECT_EQ(scalls, 1);
 }
 
 }  // namespace

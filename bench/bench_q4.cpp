@@ -1,15 +1,17 @@
 // Int4 matmul throughput against this machine's memory bandwidth.
 //
 //   build-q4/bench/bench_q4 [--quick] [--isa scalar|avx2|avx512vnni] [--threads 1,2]
+//                           [--model Llama-2-7B|TinyLlama]
 //
 // 1. Memory read bandwidth: a streaming sum (256-bit loads) over a 1 GiB
 //    buffer, 1 and 2 threads (best of 5). Decode of an int4 model can at best
 //    stream its weights at this rate.
 // 2. ThreadPool dispatch cost: an empty parallel_for, and one whose slots
 //    each take 5 µs (ideal: 5 µs on any thread count).
-// 3. matmul_q4 at Llama-2-7B and TinyLlama linear shapes (out x in), m = 1, 16
-//    and 256 rows: time (best and median call), effective GB/s of weight
-//    bytes and its share of the measured bandwidth, GFLOP/s (from the best). Weights are random GPTQ tensors
+// 3. matmul_q4 at Llama-2-7B and TinyLlama linear shapes (out x in; --model
+//    keeps one model's), m = 1 (decode), 16, 64 and 256 rows (prefill): time
+//    (best and median call), effective GB/s of weight bytes and its share of
+//    the measured bandwidth, GFLOP/s (from the best). Weights are random GPTQ tensors
 //    (group 128), repacked; enough copies are cycled that they never sit in
 //    the last-level cache, as in a real decode step.
 // Prints markdown tables.
@@ -130,6 +132,7 @@ struct Shape {
 
 int main(int argc, char** argv) {
   bool quick = false;
+  std::string only_model;  // empty: every model's shapes
   CpuIsa isa = chatradio::kernels::cpu::cpu_default_isa();
   std::vector<int> thread_counts{1, 2};
   for (int a = 1; a < argc; ++a) {
@@ -141,6 +144,8 @@ int main(int argc, char** argv) {
       for (CpuIsa i : {CpuIsa::Scalar, CpuIsa::Avx2, CpuIsa::Avx512Vnni}) {
         if (v == chatradio::kernels::cpu::cpu_isa_name(i)) isa = i;
       }
+    } else if (arg == "--model" && a + 1 < argc) {
+      only_model = argv[++a];
     } else if (arg == "--threads" && a + 1 < argc) {
       thread_counts.clear();
       for (const char* p = argv[++a]; *p;) {
@@ -149,7 +154,8 @@ int main(int argc, char** argv) {
         if (*p == ',') ++p;
       }
     } else {
-      std::fprintf(stderr, "usage: bench_q4 [--quick] [--isa scalar|avx2|avx512vnni] [--threads 1,2]\n");
+      std::fprintf(stderr, "usage: bench_q4 [--quick] [--isa scalar|avx2|avx512vnni] [--threads 1,2] "
+                           "[--model Llama-2-7B|TinyLlama]\n");
       return 2;
     }
   }
@@ -189,7 +195,7 @@ int main(int argc, char** argv) {
       {"TinyLlama", "q/o", 2048, 2048},      {"TinyLlama", "gate/up", 5632, 2048},
       {"TinyLlama", "down", 2048, 5632},     {"TinyLlama", "k/v", 256, 2048},
   };
-  std::vector<int> ms{1, 16, 256};
+  std::vector<int> ms{1, 16, 64, 256};
   if (quick) {
     shapes = {shapes[0], shapes[2], shapes[4]};
     ms = {1, 16};
@@ -201,6 +207,7 @@ int main(int argc, char** argv) {
               "weight GB/s | %% of BW | GFLOP/s |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Shape& s : shapes) {
+    if (!only_model.empty() && only_model != s.model) continue;
     const Q4Matrix base = random_q4(s.n, s.k, 128, static_cast<uint32_t>(s.n * 31 + s.k));
     const double mb = static_cast<double>(base.weight_bytes()) / 1e6;
     // Cycle >= 256 MB of copies so a call never finds its weights in L3.

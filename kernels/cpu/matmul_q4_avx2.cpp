@@ -53,31 +53,6 @@ inline int32_t quant_block(int8_t* xq /*[32]*/, float* d, const float* v /*[32]*
   return sum;
 }
 
-// Unpacks block b of a panel into the 8 u8 "quad" vectors (q4.h layout).
-inline void unpack_block(__m256i q[8], const uint8_t* blk /*[128]*/) {
-  const __m256i mask = _mm256_set1_epi8(0x0F);
-  for (int j = 0; j < 4; ++j) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 * j));
-    q[j] = _mm256_and_si256(v, mask);
-    q[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-  }
-}
-
-// Σ over the block of q*xq for the panel's 8 columns, exact in int32. u8*s8
-// pairs fit int16 (<= 2*15*127) and so do sums of 8 of them (<= 30480).
-inline __m256i block_dot(const __m256i q[8], const int8_t* xb /*[32]*/) {
-  const __m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(q[0], bcast4(xb + 0)),
-                                      _mm256_maddubs_epi16(q[1], bcast4(xb + 4)));
-  const __m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(q[2], bcast4(xb + 8)),
-                                      _mm256_maddubs_epi16(q[3], bcast4(xb + 12)));
-  const __m256i s2 = _mm256_add_epi16(_mm256_maddubs_epi16(q[4], bcast4(xb + 16)),
-                                      _mm256_maddubs_epi16(q[5], bcast4(xb + 20)));
-  const __m256i s3 = _mm256_add_epi16(_mm256_maddubs_epi16(q[6], bcast4(xb + 24)),
-                                      _mm256_maddubs_epi16(q[7], bcast4(xb + 28)));
-  const __m256i s = _mm256_add_epi16(_mm256_add_epi16(s0, s1), _mm256_add_epi16(s2, s3));
-  return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
-}
-
 // Decode streams the panel from DRAM; the hardware prefetcher alone leaves
 // ~20% of one core's bandwidth unused (bench_q4), so ask for the lines 8
 // blocks ahead. Past the end of the matrix this is a harmless hint.
@@ -96,45 +71,103 @@ inline void store_panel(float* o, __m256 v, int cols) {
   for (int c = 0; c < cols; ++c) o[c] = tmp[c];
 }
 
-// R activation rows x one panel. Per output element the float ops are, in
-// order: for each group, per block acc = fma(float(dot), s*d_b, acc), then
-// acc = fma(-(s*z), X_g, acc) — the same for every R and in every path.
-template <int R>
-void tile(float* out, int64_t ldo, const Q4ActsRef& a, int row0, const Q4WeightsRef& w, int p) {
+// R activation rows x P consecutive panels (a register tile). Per output
+// element the float ops are, in order: for each group, per block
+// acc = fma(float(dot), s*d_b, acc), then acc = fma(-(s*z), X_g, acc) — the
+// same for every R and P and in every path. The block's integer dot is exact
+// whatever the association, so the tile may sum it in any order: quad by
+// quad, each unpacked quad of a panel serves all R rows and each broadcast of
+// a row's 4 activation bytes all P panels. u8*s8 pairs fit int16
+// (<= 2*15*127) and so do a block's 8 of them per lane (<= 30480). 4 x 2 is
+// the largest tile whose int16 sums, quads and broadcast fit 16 registers.
+template <int R, int P>
+void tile(float* out, int64_t ldo, const Q4ActsRef& a, int row0, const Q4WeightsRef& w, int p0) {
   const int kb = w.k_blocks, ng = w.n_groups;
-  const uint8_t* qs = w.qs + static_cast<int64_t>(p) * kb * kQ4BlockBytes;      // [kb, 128]
-  const uint16_t* sc = w.scales + static_cast<int64_t>(p) * ng * kQ4PanelCols;  // [ng, 8]
-  const uint8_t* zp = w.zeros + static_cast<int64_t>(p) * ng * kQ4PanelCols;    // [ng, 8]
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const uint8_t* qs[P];   // [kb, 128] per panel
+  const uint16_t* sc[P];  // [ng, 8]
+  const uint8_t* zp[P];   // [ng, 8]
+  for (int p = 0; p < P; ++p) {
+    qs[p] = w.qs + static_cast<int64_t>(p0 + p) * kb * kQ4BlockBytes;
+    sc[p] = w.scales + static_cast<int64_t>(p0 + p) * ng * kQ4PanelCols;
+    zp[p] = w.zeros + static_cast<int64_t>(p0 + p) * ng * kQ4PanelCols;
+  }
   const int8_t* xr[R];
   const float* dr[R];
   const float* gr[R];
-  __m256 acc[R];
+  __m256 acc[R][P];
   for (int r = 0; r < R; ++r) {
     xr[r] = a.xq + (row0 + r) * a.q_stride;
     dr[r] = a.d + static_cast<int64_t>(row0 + r) * kb;
     gr[r] = a.gsum + static_cast<int64_t>(row0 + r) * ng;
-    acc[r] = _mm256_setzero_ps();
+    for (int p = 0; p < P; ++p) acc[r][p] = _mm256_setzero_ps();
   }
   for (int g = 0; g < ng; ++g) {
-    const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g * kQ4PanelCols)));
+    __m256 s[P];
+    for (int p = 0; p < P; ++p) {
+      s[p] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc[p] + g * kQ4PanelCols)));
+    }
     const int b0 = g * w.group_blocks;
     const int b1 = b0 + w.group_blocks < kb ? b0 + w.group_blocks : kb;
     for (int b = b0; b < b1; ++b) {
-      const uint8_t* blk = qs + static_cast<int64_t>(b) * kQ4BlockBytes;
-      prefetch_ahead(blk);
-      __m256i q[8];
-      unpack_block(q, blk);
+      for (int p = 0; p < P; ++p) prefetch_ahead(qs[p] + static_cast<int64_t>(b) * kQ4BlockBytes);
+      __m256i sum[R][P];  // int16 pairs of the block's dot per column
+      // Quad h holds inputs 4h..4h+3 of each column: the low nibbles of chunk
+      // h of the block for h < 4, the high nibbles of chunk h - 4 after.
+      // Fully unrolled, so sum, the quads and one broadcast fit in registers.
+#pragma GCC unroll 8
+      for (int h = 0; h < 8; ++h) {
+        __m256i q[P];
+        for (int p = 0; p < P; ++p) {
+          const __m256i v = _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(qs[p] + static_cast<int64_t>(b) * kQ4BlockBytes + 32 * (h & 3)));
+          q[p] = _mm256_and_si256(h < 4 ? v : _mm256_srli_epi16(v, 4), mask);
+        }
+        for (int r = 0; r < R; ++r) {
+          const __m256i xv = bcast4(xr[r] + b * kQ4BlockInputs + 4 * h);
+          for (int p = 0; p < P; ++p) {
+            const __m256i t = _mm256_maddubs_epi16(q[p], xv);
+            sum[r][p] = h == 0 ? t : _mm256_add_epi16(sum[r][p], t);
+            // Pins the running sum to a register here: otherwise GCC
+            // reassociates the adds and computes all 8*R*P products first,
+            // spilling them to the stack.
+            __asm__("" : "+x"(sum[r][p]));
+          }
+        }
+      }
       for (int r = 0; r < R; ++r) {
-        const __m256 dot = _mm256_cvtepi32_ps(block_dot(q, xr[r] + b * kQ4BlockInputs));
-        acc[r] = _mm256_fmadd_ps(dot, _mm256_mul_ps(s, _mm256_set1_ps(dr[r][b])), acc[r]);
+        const __m256 dv = _mm256_set1_ps(dr[r][b]);
+        for (int p = 0; p < P; ++p) {
+          const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(sum[r][p], ones));
+          acc[r][p] = _mm256_fmadd_ps(dot, _mm256_mul_ps(s[p], dv), acc[r][p]);
+        }
       }
     }
-    const __m128i z8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(zp + g * kQ4PanelCols));
-    const __m256 mz = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(z8)));
-    for (int r = 0; r < R; ++r) acc[r] = _mm256_fnmadd_ps(mz, _mm256_set1_ps(gr[r][g]), acc[r]);
+    for (int p = 0; p < P; ++p) {
+      const __m128i z8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(zp[p] + g * kQ4PanelCols));
+      const __m256 mz = _mm256_mul_ps(s[p], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(z8)));
+      for (int r = 0; r < R; ++r) acc[r][p] = _mm256_fnmadd_ps(mz, _mm256_set1_ps(gr[r][g]), acc[r][p]);
+    }
   }
-  const int cols = w.n - p * kQ4PanelCols < kQ4PanelCols ? w.n - p * kQ4PanelCols : kQ4PanelCols;
-  for (int r = 0; r < R; ++r) store_panel(out + (row0 + r) * ldo + p * kQ4PanelCols, acc[r], cols);
+  for (int p = 0; p < P; ++p) {
+    const int col0 = (p0 + p) * kQ4PanelCols;
+    const int cols = w.n - col0 < kQ4PanelCols ? w.n - col0 : kQ4PanelCols;
+    for (int r = 0; r < R; ++r) store_panel(out + (row0 + r) * ldo + col0, acc[r][p], cols);
+  }
+}
+
+// Rows [r0, r1) x panels [p0, p0 + P), in tiles of 4 rows.
+template <int P>
+void row_tiles(float* out, int64_t ldo, const Q4ActsRef& a, int r0, int r1, const Q4WeightsRef& w, int p0) {
+  int r = r0;
+  for (; r + 4 <= r1; r += 4) tile<4, P>(out, ldo, a, r, w, p0);
+  switch (r1 - r) {
+    case 3: tile<3, P>(out, ldo, a, r, w, p0); break;
+    case 2: tile<2, P>(out, ldo, a, r, w, p0); break;
+    case 1: tile<1, P>(out, ldo, a, r, w, p0); break;
+    default: break;
+  }
 }
 
 }  // namespace
@@ -173,16 +206,9 @@ void q4_gemm_avx2(float* out, int64_t ldo, const Q4ActsRef& a, int m, const Q4We
                   int p1) {
   for (int r0 = 0; r0 < m; r0 += a.row_chunk) {
     const int r1 = r0 + a.row_chunk < m ? r0 + a.row_chunk : m;
-    for (int p = p0; p < p1; ++p) {
-      int r = r0;
-      for (; r + 4 <= r1; r += 4) tile<4>(out, ldo, a, r, w, p);
-      switch (r1 - r) {
-        case 3: tile<3>(out, ldo, a, r, w, p); break;
-        case 2: tile<2>(out, ldo, a, r, w, p); break;
-        case 1: tile<1>(out, ldo, a, r, w, p); break;
-        default: break;
-      }
-    }
+    int p = p0;
+    for (; p + 2 <= p1; p += 2) row_tiles<2>(out, ldo, a, r0, r1, w, p);
+    if (p < p1) row_tiles<1>(out, ldo, a, r0, r1, w, p);
   }
 }
 

@@ -256,6 +256,39 @@ TEST(MatmulQ4, BatchInvariantBitwise) {
   }
 }
 
+// The SIMD paths tile the prefill GEMM over several rows and several panels
+// at once, with row and panel remainders, in row chunks (cache blocks): every
+// m from 1 to 67, panel counts odd and even with a partial last panel, k of
+// one to many groups (groups of 1, 2, 3 and 4 blocks, or one group), and k
+// long enough that 67 rows span two row chunks — serial and threaded, bit for
+// bit equal to the scalar path.
+TEST(MatmulQ4, TiledPathsEqualScalarEveryM) {
+  const Shape shapes[] = {{8, 64, 32, false},    {24, 256, 64, false}, {13, 200, 64, true},
+                          {45, 384, 128, false}, {40, 96, -1, false},  {27, 4192, 96, false},
+                          {16, 4608, -1, true}};
+  ThreadPool pool(2);
+  uint32_t seed = 500;
+  for (const Shape& sh : shapes) {
+    const auto wf = randn(static_cast<size_t>(sh.n) * sh.k, seed++, 0.05f);
+    const Q4Matrix w = gptq_to_q4(gptq_view_of(gptq_quantize(wf.data(), sh.n, sh.k, sh.group, sh.sym)));
+    const int max_m = 67;
+    const auto x = randn(static_cast<size_t>(max_m) * sh.k, seed++);
+    for (int m = 1; m <= max_m; ++m) {
+      SCOPED_TRACE(name(sh, m));
+      std::vector<float> ref(static_cast<size_t>(m) * sh.n);
+      matmul_q4(ref.data(), x.data(), w, m, nullptr, CpuIsa::Scalar);
+      for (CpuIsa isa : supported_isas()) {
+        for (ThreadPool* p : {static_cast<ThreadPool*>(nullptr), &pool}) {
+          std::vector<float> out(ref.size(), -1.0f);
+          matmul_q4(out.data(), x.data(), w, m, p, isa);
+          ASSERT_EQ(std::memcmp(out.data(), ref.data(), ref.size() * sizeof(float)), 0)
+              << cpu_isa_name(isa) << (p ? " threaded" : " serial");
+        }
+      }
+    }
+  }
+}
+
 // CHATRADIO_CPU_ISA is read once per process, so each case runs in a fresh
 // child ("threadsafe" death tests re-execute the binary).
 TEST(MatmulQ4, EnvironmentForcesPath) {

@@ -4,8 +4,11 @@
 //
 // usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N]
 //                      [--context N] [--quantize int4] [--kv-dtype f16|f32]
+//                      [--timings] [--load-only]
 // Columns: model, threads, KV dtype, weights GB, decode tok/s at context 0,
 // decode tok/s at --context, prefill tok/s, peak RSS GiB, load s.
+// --timings prints where the load time went to stderr (model::LoadStats);
+// --load-only stops after loading (load time and peak RSS only).
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -58,15 +61,41 @@ struct Runner {
   }
 };
 
+// The load's phases, one line each: wall seconds, and per kind of task the
+// CPU and wall seconds summed over the loader threads.
+void print_load_stats(const chatradio::model::LoadStats& s, double load_s) {
+  using chatradio::model::LoadStats;
+  static constexpr const char* kNames[LoadStats::kKinds] = {"read", "repack", "quantize", "convert"};
+  std::fprintf(stderr, "load %.2f s on %d threads: open %.3f s, tensors %.2f s, finish %.3f s\n", load_s, s.threads,
+               s.open_s, s.tensors_s, s.finish_s);
+  for (int k = 0; k < LoadStats::kKinds; ++k) {
+    std::fprintf(stderr, "  %-8s cpu %6.2f s  wall %6.2f s (summed over threads)\n", kNames[k], s.cpu_s[k],
+                 s.wall_s[k]);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string dir;
   int threads = 1, prefill = 256, decode = 32, context = 256;
-  bool quantize = false;
+  bool quantize = false, timings = false, load_only = false;
   chatradio::model::KvDtype kv = chatradio::model::KvDtype::kF16;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string a = argv[i], v = argv[i + 1];
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--timings") {
+      timings = true;
+      continue;
+    }
+    if (a == "--load-only") {
+      load_only = true;
+      continue;
+    }
+    if (i + 1 == argc) {
+      std::fprintf(stderr, "option %s needs a value\n", a.c_str());
+      return 2;
+    }
+    const std::string v = argv[++i];
     if (a == "--model") dir = v;
     else if (a == "--threads") threads = std::atoi(v.c_str());
     else if (a == "--prefill") prefill = std::atoi(v.c_str());
@@ -80,7 +109,7 @@ int main(int argc, char** argv) {
     }
   }
   if (dir.empty()) {
-    std::fprintf(stderr, "usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N] [--context N] [--quantize int4] [--kv-dtype f16|f32]\n");
+    std::fprintf(stderr, "usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N] [--context N] [--quantize int4] [--kv-dtype f16|f32] [--timings] [--load-only]\n");
     return 2;
   }
   try {
@@ -91,9 +120,17 @@ int main(int argc, char** argv) {
     opts.n_kv_blocks = (positions + opts.kv_block_size - 1) / opts.kv_block_size;
     chatradio::model::LoadOptions load;
     if (quantize) load.format = chatradio::model::WeightFormat::kInt4;
+    chatradio::model::LoadStats stats;
+    load.stats = &stats;
     const auto t0 = Clock::now();
     auto llama = CpuLlama::load(dir, opts, load);
     const double load_s = seconds_since(t0);
+    if (timings) print_load_stats(stats, load_s);
+    if (load_only) {
+      std::printf("| %s | %d | load only | %.1f | | | | %.2f | %.2f |\n", dir.c_str(), threads,
+                  llama->weights().bytes() / 1e9, peak_rss_gib(), load_s);
+      return 0;
+    }
     Runner r{*llama, std::vector<float>(llama->config().vocab_size), std::vector<int32_t>(opts.n_kv_blocks)};
     std::iota(r.blocks.begin(), r.blocks.end(), 0);
 

@@ -170,20 +170,27 @@ void to_f32(std::span<float> dst, const TensorView& t, int64_t offset) {
   if (non_finite) throw_non_finite(t, offset, offset + n);
 }
 
-void check_finite(const TensorView& t) {
-  const int64_t n = t.numel();
+void check_finite(const TensorView& t) { check_finite(t, 0, t.numel()); }
+
+void check_finite(const TensorView& t, int64_t offset, int64_t n) {
+  if (offset < 0 || n < 0 || offset + n > t.numel())
+    throw ModelError(t.file + ": tensor '" + t.name + "': elements [" + std::to_string(offset) + ", " +
+                     std::to_string(offset + n) + ") are outside its " + std::to_string(t.numel()));
   uint32_t non_finite = 0;
   switch (t.dtype) {
-    case DType::F32:
+    case DType::F32: {
+      const uint8_t* src = t.data + 4 * offset;
       for (int64_t i = 0; i < n; ++i) {
-        non_finite |= static_cast<uint32_t>((load_f32_bits(t.data + 4 * i) & kF32ExpMask) == kF32ExpMask);
+        non_finite |= static_cast<uint32_t>((load_f32_bits(src + 4 * i) & kF32ExpMask) == kF32ExpMask);
       }
       break;
+    }
     case DType::F16:
     case DType::BF16: {
       const uint16_t mask = t.dtype == DType::F16 ? kF16ExpMask : kBf16ExpMask;
+      const uint8_t* src = t.data + 2 * offset;
       for (int64_t i = 0; i < n; ++i) {
-        non_finite |= static_cast<uint32_t>((load_half_bits(t.data + 2 * i) & mask) == mask);
+        non_finite |= static_cast<uint32_t>((load_half_bits(src + 2 * i) & mask) == mask);
       }
       break;
     }
@@ -191,7 +198,7 @@ void check_finite(const TensorView& t) {
       throw ModelError(t.file + ": tensor '" + t.name + "': dtype " + dtype_name(t.dtype) +
                        " holds no floats to check (expected F32, F16 or BF16)");
   }
-  if (non_finite) throw_non_finite(t, 0, n);
+  if (non_finite) throw_non_finite(t, offset, offset + n);
 }
 
 }  // namespace chatradio::model

@@ -224,6 +224,20 @@ bool gptq_is_act_order(const GptqView& v) {
   return false;
 }
 
+kernels::cpu::Q4Matrix q4_join_columns(std::vector<kernels::cpu::Q4Matrix> parts) {
+  kernels::cpu::Q4Matrix m = std::move(parts.at(0));
+  size_t lines = m.qs.size(), params = m.scales.size();
+  for (size_t i = 1; i < parts.size(); ++i) {
+    lines += parts[i].qs.size();
+    params += parts[i].scales.size();
+  }
+  m.qs.reserve(lines);
+  m.scales.reserve(params);
+  m.zeros.reserve(params);
+  for (size_t i = 1; i < parts.size(); ++i) kernels::cpu::q4_append_columns(m, parts[i]);
+  return m;
+}
+
 kernels::cpu::Q4Matrix gptq_to_q4(const GptqView& v) {
   const GptqShape& s = v.shape;
   std::vector<int32_t> trivial;  // [in_p] i / group, when the checkpoint has no g_idx

@@ -87,4 +87,10 @@ bool gptq_is_act_order(const GptqView& v);
 // 32 (true of AutoGPTQ output); otherwise a ModelError names the tensor.
 kernels::cpu::Q4Matrix gptq_to_q4(const GptqView& v);
 
+// Joins matrices of consecutive output columns (all but the last whole
+// panels, sharing k, groups and input order) into one, bitwise what
+// q4_append_columns gives one by one, with the room reserved up front so no
+// reallocation copies the growing matrix.
+kernels::cpu::Q4Matrix q4_join_columns(std::vector<kernels::cpu::Q4Matrix> parts);
+
 }  // namespace chatradio::model

@@ -40,9 +40,10 @@ json parse_json_strict(const char* begin, const char* end, const std::string& so
     return true;
   };
   try {
-    // e.what() carries line/column and the offending token.
+    // e.what() carries line/column and the offending token. Not only
+    // parse_error: a number beyond double's range is out_of_range (fuzz_llama_config).
     return json::parse(begin, end, cb);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw ModelError(source + ": invalid JSON: " + e.what());
   }
 }

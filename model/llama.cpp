@@ -1,8 +1,18 @@
 #include "model/llama.h"
 
+#include <time.h>
+
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <charconv>
+#include <chrono>
 #include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -86,8 +96,128 @@ bool is_weightless_buffer(const std::string& name) {
   return name.size() > kSuffix.size() && name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0;
 }
 
-// Reads linear `prefix` (without ".weight") in whichever form the checkpoint
-// holds and the options ask for.
+// Rows per task when a float matrix is quantized or an f16 table checked:
+// 1024 rows of a 7B lm_head are 8 MB of f16 and 16 MB of float scratch, and a
+// multiple of the 8-column panel, as q4_append_columns needs.
+constexpr int kSliceRows = 1024;
+// How far ahead of the task being started its successors' pages are asked
+// for (MADV_WILLNEED): enough to keep the disk busy through a 7B layer while
+// the tensors before it are repacked, small next to the page cache.
+constexpr size_t kPrefetchBytes = size_t{256} << 20;
+
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The loader's work as independent tasks, added in the order a serial load
+// reads the checkpoint. They run on several threads, and every task writes
+// only its own destination, so the weights never depend on the thread count;
+// when tasks fail, the error of the first in that order is thrown, the one a
+// serial load would have stopped at.
+class TaskList {
+ public:
+  using Kind = LoadStats::Kind;
+
+  // fn reads the tensors `inputs` (the ones present; prefetched ahead of it
+  // and mapped in before it starts, see kPrefetchBytes).
+  void add(Kind kind, std::vector<const TensorView*> inputs, std::function<void()> fn) {
+    Task t{kind, {}, std::move(fn)};
+    for (const TensorView* v : inputs) {
+      if (v) t.inputs.push_back(*v);
+    }
+    tasks_.push_back(std::move(t));
+  }
+  // fn runs after every task has finished, on the calling thread, in order.
+  void then(std::function<void()> fn) { after_.push_back(std::move(fn)); }
+
+  void run(int n_threads, LoadStats* stats) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int n = static_cast<int>(tasks_.size());
+    end_bytes_.assign(n + 1, 0);  // [n + 1] input bytes of tasks [0, i)
+    for (int i = 0; i < n; ++i) {
+      end_bytes_[i + 1] = end_bytes_[i];
+      for (const TensorView& v : tasks_[i].inputs) end_bytes_[i + 1] += v.nbytes;
+    }
+    std::vector<std::exception_ptr> errors(n);
+    std::atomic<int> next{0}, first_failed{n};
+    // [n_threads][kKinds] seconds, each row written by one thread only.
+    std::vector<std::array<double, LoadStats::kKinds>> cpu(n_threads), wall(n_threads);
+    kernels::cpu::ThreadPool pool(n_threads);
+    // One slot per thread; each claims the next task until none is left, so
+    // a thread that drew large tensors does not hold the others up.
+    pool.parallel_for(n_threads, [&](int, int thread) {
+      auto timed = [&](Kind kind, const auto& fn) {
+        const auto w0 = std::chrono::steady_clock::now();
+        const double c0 = thread_cpu_seconds();
+        fn();
+        cpu[thread][kind] += thread_cpu_seconds() - c0;
+        wall[thread][kind] += seconds_since(w0);
+      };
+      for (int i; (i = next.fetch_add(1)) < n;) {
+        if (i > first_failed.load()) break;  // a serial load would have stopped before it
+        prefetch_ahead_of(i);
+        try {
+          timed(LoadStats::kRead, [&] {
+            for (const TensorView& v : tasks_[i].inputs) populate_pages(v);
+          });
+          timed(tasks_[i].kind, tasks_[i].fn);
+        } catch (...) {
+          errors[i] = std::current_exception();
+          for (int f = first_failed.load(); i < f && !first_failed.compare_exchange_weak(f, i);) {
+          }
+        }
+      }
+    });
+    if (first_failed.load() < n) std::rethrow_exception(errors[first_failed.load()]);
+    const auto t1 = std::chrono::steady_clock::now();
+    for (const auto& fn : after_) fn();
+    if (stats) {
+      stats->threads = n_threads;
+      stats->tensors_s = std::chrono::duration<double>(t1 - t0).count();
+      stats->finish_s = seconds_since(t1);
+      for (int t = 0; t < n_threads; ++t) {
+        for (int k = 0; k < LoadStats::kKinds; ++k) {
+          stats->cpu_s[k] += cpu[t][k];
+          stats->wall_s[k] += wall[t][k];
+        }
+      }
+    }
+  }
+
+ private:
+  struct Task {
+    Kind kind;
+    std::vector<TensorView> inputs;
+    std::function<void()> fn;
+  };
+
+  // Asks for the pages of the tasks after task i up to kPrefetchBytes ahead.
+  // One thread at a time; another that finds it busy goes on with its task.
+  void prefetch_ahead_of(int i) {
+    std::unique_lock lock(prefetch_mu_, std::try_to_lock);
+    if (!lock) return;
+    const int n = static_cast<int>(tasks_.size());
+    prefetched_ = std::max(prefetched_, i);
+    for (; prefetched_ < n && end_bytes_[prefetched_] - end_bytes_[i] < kPrefetchBytes; ++prefetched_) {
+      for (const TensorView& v : tasks_[prefetched_].inputs) prefetch_pages(v);
+    }
+  }
+
+  std::vector<Task> tasks_;
+  std::vector<std::function<void()>> after_;
+  std::vector<size_t> end_bytes_;
+  std::mutex prefetch_mu_;
+  int prefetched_ = 0;  // tasks [0, prefetched_) have been prefetched
+};
+
+// Adds the tasks that read linear `prefix` (without ".weight") in whichever
+// form the checkpoint holds and the options ask for.
 class LinearReader {
  public:
   LinearReader(const Checkpoint& ckpt, const LoadOptions& opts)
@@ -97,55 +227,76 @@ class LinearReader {
   bool int4() const { return gptq_ || opts_.format == WeightFormat::kInt4; }
 
   // via_f16: the weight is one an int4 checkpoint stores in F16 (lm_head);
-  // when quantized here it is rounded through F16 first, see quantized().
-  Linear read(const std::string& prefix, int out, int in, bool via_f16 = false) const {
-    Linear l{out, in, {}, {}};
+  // when quantized here it is rounded through F16 first, see add_quantized().
+  void add(TaskList& tasks, Linear* dst, const std::string& prefix, int out, int in, bool via_f16 = false) const {
     if (gptq_ && ckpt_.has(prefix + ".qweight")) {
-      const GptqShape shape = gptq_shape(in, out, qcfg_.group_size);
-      const TensorView* g_idx = ckpt_.has(prefix + ".g_idx") ? &ckpt_.get(prefix + ".g_idx") : nullptr;
-      const TensorView& qweight = ckpt_.get(prefix + ".qweight");
-      const TensorView& qzeros = ckpt_.get(prefix + ".qzeros");
-      const TensorView& scales = ckpt_.get(prefix + ".scales");
-      l.q4 = gptq_to_q4(gptq_view(prefix, qweight, qzeros, scales, g_idx, shape));
-      // The repacked copy is all we keep: drop the mapped pages (RSS budget).
-      for (const TensorView* t : {&qweight, &qzeros, &scales, g_idx}) {
-        if (t) release_pages(*t);
-      }
-      return l;
+      auto repack = [this, dst, prefix, out, in] {
+        const GptqShape shape = gptq_shape(in, out, qcfg_.group_size);
+        const TensorView* g_idx = ckpt_.has(prefix + ".g_idx") ? &ckpt_.get(prefix + ".g_idx") : nullptr;
+        const TensorView& qweight = ckpt_.get(prefix + ".qweight");
+        const TensorView& qzeros = ckpt_.get(prefix + ".qzeros");
+        const TensorView& scales = ckpt_.get(prefix + ".scales");
+        *dst = Linear{out, in, {}, gptq_to_q4(gptq_view(prefix, qweight, qzeros, scales, g_idx, shape))};
+        // The repacked copy is all we keep: drop the mapped pages (RSS budget).
+        for (const TensorView* t : {&qweight, &qzeros, &scales, g_idx}) {
+          if (t) release_pages(*t);
+        }
+      };
+      tasks.add(LoadStats::kRepack,
+                {ckpt_.find(prefix + ".qweight"), ckpt_.find(prefix + ".qzeros"), ckpt_.find(prefix + ".scales"),
+                 ckpt_.find(prefix + ".g_idx")},
+                repack);
+      return;
     }
+    const std::string name = prefix + ".weight";
     if (int4()) {
-      const TensorView& t = ckpt_.get(prefix + ".weight", {out, in});
-      l = quantized(prefix, t, out, in, via_f16);
-      release_pages(t);
-      return l;
+      // Prefetch only what get() will accept: a slice of a tensor of another
+      // shape could lie outside it.
+      const TensorView* t = ckpt_.find(name);
+      if (t && t->shape != std::vector<int64_t>{out, in}) t = nullptr;
+      add_quantized(tasks, dst, prefix, [this, name, out, in]() -> const TensorView& {
+        return ckpt_.get(name, {out, in});
+      }, t, out, in, via_f16);
+      return;
     }
-    l.w = read_f32(ckpt_, prefix + ".weight", {out, in});
-    return l;
+    tasks.add(LoadStats::kConvert, {ckpt_.find(name)},
+              [this, dst, name, out, in] { *dst = Linear{out, in, read_f32(ckpt_, name, {out, in}), {}}; });
   }
 
   // Int4 models quantize float weights they meet (lm_head of a GPTQ
   // checkpoint, everything with --quantize int4) with the same RTN grid, a
-  // slice of output rows at a time: RTN is per output row, so slicing cannot
+  // task per kSliceRows output rows: RTN is per output row, so slicing cannot
   // change a bit, and a 7B lm_head never sits in memory as 0.5 GB of floats.
   // via_f16 rounds the source through F16 before quantizing: `chatradio
   // quantize` stores lm_head (and the embedding a tied lm_head is) in F16, and
   // a reload quantizes that copy, so this is what makes --quantize int4 at
   // load and a reloaded quantize output give bitwise-identical lm_heads.
-  Linear quantized(const std::string& prefix, const TensorView& w /*[out, in]*/, int out, int in,
-                   bool via_f16) const {
-    constexpr int kSliceRows = 1024;  // a multiple of the 8-column panel
+  // source() returns w [out, in] (throwing as a serial load would). `mapped`
+  // is the same tensor when it lies in the checkpoint's mapping: its pages
+  // are then prefetched, and released once quantized. Null for a table in
+  // memory, whose pages are not ours to drop.
+  void add_quantized(TaskList& tasks, Linear* dst, const std::string& prefix,
+                     std::function<const TensorView&()> source, const TensorView* mapped, int out, int in,
+                     bool via_f16) const {
     const int group = gptq_ ? qcfg_.group_size : opts_.group_size;
-    Linear l{out, in, {}, {}};
-    std::vector<float> rows;  // [kSliceRows, in]
-    for (int o0 = 0; o0 < out; o0 += kSliceRows) {
-      const int n = std::min(kSliceRows, out - o0);
-      rows.resize(static_cast<size_t>(n) * in);
-      to_f32(rows, w, static_cast<int64_t>(o0) * in);
-      if (via_f16 && w.dtype != DType::F16) round_through_f16(rows);  // F16 values are their own rounding
-      const GptqTensors t = gptq_quantize(rows.data(), n, in, group, /*sym=*/false);
-      cpu::q4_append_columns(l.q4, gptq_to_q4(gptq_view_of(t, prefix)));
+    const int n_slices = (out + kSliceRows - 1) / kSliceRows;
+    auto parts = std::make_shared<std::vector<kernels::cpu::Q4Matrix>>(n_slices);  // [n_slices]
+    for (int s = 0; s < n_slices; ++s) {
+      const int o0 = s * kSliceRows, n = std::min(kSliceRows, out - o0);
+      const int64_t first = static_cast<int64_t>(o0) * in, count = static_cast<int64_t>(n) * in;
+      const std::optional<TensorView> rows_view =
+          mapped ? std::optional(tensor_slice(*mapped, first, count)) : std::nullopt;
+      tasks.add(LoadStats::kQuantize, {rows_view ? &*rows_view : nullptr}, [=] {
+        const TensorView& w = source();
+        std::vector<float> rows(static_cast<size_t>(count));  // [n, in]
+        to_f32(rows, w, first);
+        if (via_f16 && w.dtype != DType::F16) round_through_f16(rows);  // F16 values are their own rounding
+        const GptqTensors t = gptq_quantize(rows.data(), n, in, group, /*sym=*/false);
+        (*parts)[s] = gptq_to_q4(gptq_view_of(t, prefix));
+        if (rows_view) release_pages(*rows_view);
+      });
     }
-    return l;
+    tasks.then([dst, parts, out, in] { *dst = Linear{out, in, {}, q4_join_columns(std::move(*parts))}; });
   }
 
  private:
@@ -181,65 +332,84 @@ std::vector<std::string> check_all_tensors_used(const Checkpoint& ckpt, const Ll
 }
 
 LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir, const LoadOptions& opts) {
+  if (opts.n_threads < 1) throw ModelError("loading needs at least one thread");
+  const auto t_open = std::chrono::steady_clock::now();
   const auto mapping = std::make_shared<const Checkpoint>(model_dir);
   const Checkpoint& ckpt = *mapping;
   check_layer_count(cfg, ckpt);
+  if (opts.stats) *opts.stats = LoadStats{.open_s = seconds_since(t_open)};
   const LinearReader reader(ckpt, opts);
   const int d = cfg.hidden_size, kv = cfg.kv_dim(), ff = cfg.intermediate_size;
   LlamaWeights w;
+  TaskList tasks;
   const TensorView& embed_t = ckpt.get("model.embed_tokens.weight", {cfg.vocab_size, d});
+  TensorView table;  // [vocab, hidden] the F16 table a tied int4 lm_head is quantized from
+  bool table_mapped = false;  // it is the checkpoint's tensor, not a converted copy
   if (reader.int4()) {
     // Int4 models keep the table in F16, as the GPTQ checkpoints `chatradio
     // quantize` writes store it. Stored in F16 already: read rows straight
-    // from the mapping, which the table keeps alive.
+    // from the mapping, which the table keeps alive, once checked (in
+    // slices, released as they are checked).
     if (embed_t.dtype == DType::F16 && reinterpret_cast<uintptr_t>(embed_t.data) % alignof(uint16_t) == 0) {
-      check_finite(embed_t);
+      for (int r0 = 0; r0 < cfg.vocab_size; r0 += kSliceRows) {
+        const int64_t first = static_cast<int64_t>(r0) * d;
+        const int64_t count = static_cast<int64_t>(std::min(kSliceRows, cfg.vocab_size - r0)) * d;
+        const TensorView rows = tensor_slice(embed_t, first, count);
+        tasks.add(LoadStats::kConvert, {&rows}, [&embed_t, rows, first] {
+          check_finite(embed_t, first, rows.numel());
+          release_pages(rows);
+        });
+      }
       w.embed_f16 = HalfTable(mapping, reinterpret_cast<const uint16_t*>(embed_t.data),
                               static_cast<size_t>(embed_t.numel()));
+      table_mapped = true;
     } else {
       const std::vector<float> embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
       std::vector<uint16_t> half(embed.size());  // [vocab, hidden]
       for (size_t i = 0; i < embed.size(); ++i) half[i] = f32_to_f16(embed[i]);
       w.embed_f16 = HalfTable(std::move(half));
+      release_pages(embed_t);
     }
     if (cfg.tie_word_embeddings) {
       // The tied lm_head is quantized from the F16 table the model embeds
       // with, which is also all a quantized checkpoint holds of it.
-      TensorView table = embed_t;
+      table = embed_t;
       table.dtype = DType::F16;
       table.data = reinterpret_cast<const uint8_t*>(w.embed_f16.data());
       table.nbytes = w.embed_f16.size() * sizeof(uint16_t);
-      w.lm_head = reader.quantized("lm_head", table, cfg.vocab_size, d, /*via_f16=*/false);
+      reader.add_quantized(tasks, &w.lm_head, "lm_head", [&table]() -> const TensorView& { return table; },
+                           table_mapped ? &table : nullptr, cfg.vocab_size, d, /*via_f16=*/false);
     }
-    release_pages(embed_t);
   } else {
     w.embed = read_f32(ckpt, "model.embed_tokens.weight", {cfg.vocab_size, d});
     if (cfg.tie_word_embeddings) w.lm_head = Linear{cfg.vocab_size, d, w.embed, {}};
   }
   // Int4 models take their norms through F16 too: that is how an int4
   // checkpoint stores them, so both ways to an int4 model give the same bits.
-  auto read_norm = [&](const std::string& name) {
-    std::vector<float> v = read_f32(ckpt, name, {d});
-    if (reader.int4()) round_through_f16(v);
-    return v;
+  auto add_norm = [&](std::vector<float>* dst, const std::string& name) {
+    tasks.add(LoadStats::kConvert, {ckpt.find(name)}, [&ckpt, &reader, dst, name, d] {
+      *dst = read_f32(ckpt, name, {d});
+      if (reader.int4()) round_through_f16(*dst);
+    });
   };
   w.layers.resize(cfg.num_hidden_layers);
   for (int l = 0; l < cfg.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights& L = w.layers[l];
-    L.attn_norm = read_norm(p + "input_layernorm.weight");
-    L.q = reader.read(p + "self_attn.q_proj", d, d);
-    L.k = reader.read(p + "self_attn.k_proj", kv, d);
-    L.v = reader.read(p + "self_attn.v_proj", kv, d);
-    L.o = reader.read(p + "self_attn.o_proj", d, d);
-    L.ffn_norm = read_norm(p + "post_attention_layernorm.weight");
-    L.gate = reader.read(p + "mlp.gate_proj", ff, d);
-    L.up = reader.read(p + "mlp.up_proj", ff, d);
-    L.down = reader.read(p + "mlp.down_proj", d, ff);
+    add_norm(&L.attn_norm, p + "input_layernorm.weight");
+    reader.add(tasks, &L.q, p + "self_attn.q_proj", d, d);
+    reader.add(tasks, &L.k, p + "self_attn.k_proj", kv, d);
+    reader.add(tasks, &L.v, p + "self_attn.v_proj", kv, d);
+    reader.add(tasks, &L.o, p + "self_attn.o_proj", d, d);
+    add_norm(&L.ffn_norm, p + "post_attention_layernorm.weight");
+    reader.add(tasks, &L.gate, p + "mlp.gate_proj", ff, d);
+    reader.add(tasks, &L.up, p + "mlp.up_proj", ff, d);
+    reader.add(tasks, &L.down, p + "mlp.down_proj", d, ff);
   }
-  w.final_norm = read_norm("model.norm.weight");
-  if (!cfg.tie_word_embeddings) w.lm_head = reader.read("lm_head", cfg.vocab_size, d, /*via_f16=*/true);
-  check_all_tensors_used(ckpt, cfg);
+  add_norm(&w.final_norm, "model.norm.weight");
+  if (!cfg.tie_word_embeddings) reader.add(tasks, &w.lm_head, "lm_head", cfg.vocab_size, d, /*via_f16=*/true);
+  tasks.then([&] { check_all_tensors_used(ckpt, cfg); });
+  tasks.run(opts.n_threads, opts.stats);
   return w;
 }
 
@@ -265,7 +435,9 @@ CpuLlama::CpuLlama(LlamaConfig cfg, LlamaWeights weights, const CpuBackendOption
 std::unique_ptr<CpuLlama> CpuLlama::load(const std::string& model_dir, const CpuBackendOptions& opts,
                                          const LoadOptions& load) {
   LlamaConfig cfg = load_llama_config(model_dir);
-  LlamaWeights w = load_llama_weights(cfg, model_dir, load);
+  LoadOptions with_threads = load;
+  with_threads.n_threads = checked(opts).n_threads;
+  LlamaWeights w = load_llama_weights(cfg, model_dir, with_threads);
   return std::make_unique<CpuLlama>(cfg, std::move(w), opts);
 }
 

@@ -73,9 +73,31 @@ enum class WeightFormat {
   kInt4,      // float checkpoints are quantized to int4 at load (RTN, asymmetric)
 };
 
+// Where a load's time went (bench_cpu_e2e --timings). Tensors are loaded by
+// tasks running on the loader threads; their time is summed per kind.
+struct LoadStats {
+  enum Kind {
+    kRead,      // mapping a task's tensors in (waits for the disk when cold)
+    kRepack,    // GPTQ tensors -> the kernel's int4 layout, with their checks
+    kQuantize,  // float rows -> int4 (a GPTQ checkpoint's f16 lm_head; --quantize int4)
+    kConvert,   // float conversions and finiteness checks (embedding, norms, float linears)
+    kKinds
+  };
+  int threads = 0;
+  double open_s = 0;     // wall: mapping the files, validating their headers
+  double tensors_s = 0;  // wall: the parallel pass over the tensors
+  double finish_s = 0;   // wall: joining sliced matrices, the unused-tensor check
+  double cpu_s[kKinds] = {};   // CPU seconds per kind, summed over threads
+  double wall_s[kKinds] = {};  // wall seconds per kind, summed over threads
+};
+
 struct LoadOptions {
   WeightFormat format = WeightFormat::kAsStored;
   int group_size = 128;  // for kInt4
+  // Threads that read, check, convert and repack tensors; the weights do not
+  // depend on it, bit for bit. CpuLlama::load uses its backend's n_threads.
+  int n_threads = 1;
+  LoadStats* stats = nullptr;  // when set, filled with where the time went
 };
 
 // Reads a Hugging Face Llama directory: config.json and safetensors, float
@@ -117,7 +139,8 @@ struct CpuBackendOptions {
 class CpuLlama final : public Backend {
  public:
   CpuLlama(LlamaConfig cfg, LlamaWeights weights, const CpuBackendOptions& opts);
-  // Loads a model directory (config.json + safetensors).
+  // Loads a model directory (config.json + safetensors) with opts.n_threads
+  // loader threads.
   static std::unique_ptr<CpuLlama> load(const std::string& model_dir, const CpuBackendOptions& opts,
                                         const LoadOptions& load = {});
   const LlamaWeights& weights() const { return w_; }

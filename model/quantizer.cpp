@@ -28,16 +28,6 @@ constexpr const char* kSideFiles[] = {"tokenizer.model",         "tokenizer.json
 // scratch buffers (and so peak memory) to 24 MB whatever the tensor size.
 constexpr int64_t kSliceElems = int64_t{1} << 22;
 
-// Elements [begin, begin + n) of a tensor, as a flat view.
-TensorView slice(const TensorView& t, int64_t begin, int64_t n) {
-  TensorView s = t;
-  const size_t elem = dtype_size(t.dtype);
-  s.shape = {n};
-  s.data = t.data + static_cast<size_t>(begin) * elem;
-  s.nbytes = static_cast<size_t>(n) * elem;
-  return s;
-}
-
 void write_f16(CheckpointWriter& dst, const std::string& name, std::span<const float> v) {
   std::vector<uint16_t> h(static_cast<size_t>(std::min<int64_t>(kSliceElems, static_cast<int64_t>(v.size()))));
   for (size_t i = 0; i < v.size(); i += h.size()) {
@@ -55,7 +45,7 @@ void write_f16(CheckpointWriter& dst, const TensorView& src) {
   const int64_t n = src.numel();
   std::vector<float> f(src.dtype == DType::F16 ? 0 : static_cast<size_t>(std::min(kSliceElems, n)));  // [slice]
   for (int64_t i = 0; i < n; i += kSliceElems) {
-    const TensorView part = slice(src, i, std::min(kSliceElems, n - i));
+    const TensorView part = tensor_slice(src, i, std::min(kSliceElems, n - i));
     if (src.dtype == DType::F16) {
       dst.write(src.name, {part.data, part.nbytes});
     } else {
@@ -73,7 +63,7 @@ std::vector<float> read_f32(const TensorView& src) {
   const int64_t n = src.numel();
   std::vector<float> w(static_cast<size_t>(n));  // [rows, cols]
   for (int64_t i = 0; i < n; i += kSliceElems) {
-    const TensorView part = slice(src, i, std::min(kSliceElems, n - i));
+    const TensorView part = tensor_slice(src, i, std::min(kSliceElems, n - i));
     to_f32(std::span<float>(w.data() + i, static_cast<size_t>(part.shape[0])), src, i);
     release_pages(part);
   }

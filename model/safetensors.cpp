@@ -369,6 +369,11 @@ std::vector<std::string> Checkpoint::names() const {
   return out;
 }
 
+const TensorView* Checkpoint::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : it->second.view;
+}
+
 std::vector<std::string> Checkpoint::unread() const {
   std::vector<std::string> out;
   for (const auto& [name, e] : index_)
@@ -652,12 +657,39 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   w.finish();
 }
 
-void release_pages(const TensorView& t) {
+namespace {
+
+// madvise over the whole pages a tensor's bytes touch; failures are ignored
+// (every caller's advice is only an optimisation).
+void advise_pages(const TensorView& t, int advice) {
   if (t.nbytes == 0) return;
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data) & ~(page - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes + page - 1) & ~(page - 1);
-  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, advice);
+}
+
+}  // namespace
+
+void release_pages(const TensorView& t) { advise_pages(t, MADV_DONTNEED); }
+
+void prefetch_pages(const TensorView& t) { advise_pages(t, MADV_WILLNEED); }
+
+void populate_pages(const TensorView& t) {
+#ifdef MADV_POPULATE_READ  // Linux 5.14
+  advise_pages(t, MADV_POPULATE_READ);
+#else
+  (void)t;
+#endif
+}
+
+TensorView tensor_slice(const TensorView& t, int64_t begin, int64_t n) {
+  TensorView s = t;
+  const size_t elem = dtype_size(t.dtype);
+  s.shape = {n};
+  s.data = t.data + static_cast<size_t>(begin) * elem;
+  s.nbytes = static_cast<size_t>(n) * elem;
+  return s;
 }
 
 }  // namespace chatradio::model

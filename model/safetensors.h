@@ -70,6 +70,9 @@ class Checkpoint {
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
   std::vector<std::string> names() const;
   const std::string& dir() const { return dir_; }
+  // The tensor, or nullptr when absent, without counting as a read: for
+  // prefetching pages ahead of the get() that consumes the tensor.
+  const TensorView* find(const std::string& name) const;
   // Names get() has never returned, sorted. A loader that fetched every
   // tensor it needs through get() learns from this which tensors the model
   // does not use (safe to call from threads: reads are recorded atomically).
@@ -92,6 +95,18 @@ class Checkpoint {
 // nothing writes to the mapping (a later access maps the page-cache page
 // again); purely advisory, so a failure only costs memory.
 void release_pages(const TensorView& t);
+// Starts reading a tensor's pages from disk in the background
+// (MADV_WILLNEED), so a cold load's I/O overlaps the work on the tensors
+// before it. Advisory, like release_pages.
+void prefetch_pages(const TensorView& t);
+// Maps all of a tensor's pages in one call, waiting for any disk reads
+// (MADV_POPULATE_READ), instead of a page fault per 64 KB as they are first
+// touched. Advisory: where the kernel lacks it, the faults happen as before.
+void populate_pages(const TensorView& t);
+
+// Elements [begin, begin + n) of a tensor, as a flat view (shape [n]); for
+// working on, or releasing, a large tensor a piece at a time.
+TensorView tensor_slice(const TensorView& t, int64_t begin, int64_t n);
 
 // Converts a F32/F16/BF16 tensor to float32 into dst[t.numel()] (float_convert.cpp).
 // Throws ModelError for other dtypes, and for a NaN or Inf element, naming the
@@ -104,6 +119,9 @@ void to_f32(std::span<float> dst, const TensorView& t, int64_t offset);
 // The same non-finite check for a float tensor used without conversion (f16
 // tables read straight from the mapping, GPTQ scales). Throws ModelError.
 void check_finite(const TensorView& t);
+// Same for elements [offset, offset + n) (a slice, so a large table can be
+// checked in parallel pieces); an error gives the index in the whole tensor.
+void check_finite(const TensorView& t, int64_t offset, int64_t n);
 
 // IEEE half and bfloat16 conversions (round-to-nearest-even on the way down).
 float f16_to_f32(uint16_t h);

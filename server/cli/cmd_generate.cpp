@@ -105,6 +105,7 @@ int run(int argc, char** argv) {
   opts.kv_dtype = kv_dtype_arg(args);
   const int64_t positions = static_cast<int64_t>(ids.size()) + max_tokens;
   opts.n_kv_blocks = static_cast<int>(std::max<int64_t>(1, (positions + opts.kv_block_size - 1) / opts.kv_block_size));
+  load.n_threads = opts.n_threads;  // the load repacks on the same threads as the model runs
   model::CpuLlama llama(cfg, model::load_llama_weights(cfg, dir, load), opts);
   const Clock::duration load_time = Clock::now() - load_start;
 

@@ -58,6 +58,9 @@ TEST_F(BrokenFile, InvalidJson) {
   EXPECT_MODEL_ERROR(open(), path(), "invalid JSON");
   put(st_bytes(std::string("{}\0\0\0\0\0\0", 8), ""));  // NUL padding is not JSON whitespace
   EXPECT_MODEL_ERROR(open(), path(), "invalid JSON");
+  // Beyond double's range: nlohmann's out_of_range, not parse_error (found by fuzz_llama_config).
+  put(st_bytes("{\"w\": {\"dtype\": \"F32\", \"shape\": [40E933], \"data_offsets\": [0, 4]}}", ""));
+  EXPECT_MODEL_ERROR(open(), path(), "invalid JSON");
 }
 
 TEST_F(BrokenFile, JsonNotAnObject) {

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/q4.h"
 #include "model/errors.h"
 #include "model/gptq.h"
@@ -316,7 +317,7 @@ __attribute__((target("f16c"))) uint16_t hw_float_to_half(float f) {
 }
 
 TEST(Half, MatchesF16cOnRandomFloats) {
-  if (!__builtin_cpu_supports("f16c")) GTEST_SKIP() << "no F16C";
+  if (!kernels::cpu::cpu_has_f16c()) GTEST_SKIP() << "no F16C";
   std::mt19937 g(7);
   std::uniform_int_distribution<uint32_t> bits;
   for (int n = 0; n < 2000000; ++n) {

@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <system_error>
 
 #include "kernels/cpu/thread_pool.h"
 
@@ -274,7 +275,8 @@ void apply_config_json(ServerOptions& dst, const std::string& json_text, const s
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(json_text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
+    // Not only parse_error: a number too large for a double ("1e400") is out_of_range.
     throw OptionsError(origin + ": invalid JSON: " + e.what());
   }
   if (!j.is_object()) throw OptionsError(origin + ": the config must be a JSON object of option names");
@@ -349,7 +351,10 @@ bool parse_options(ServerOptions& dst, int argc, const char* const* argv) {
 
 void validate_options(const ServerOptions& o) {
   if (o.model_dir.empty()) throw OptionsError("missing required option --model DIR");
-  if (!fs::is_directory(o.model_dir)) throw OptionsError("--model '" + o.model_dir + "' is not a directory");
+  // The error_code overload: the throwing one raises filesystem_error for a
+  // name the OS refuses (too long), which is bad usage like any other.
+  std::error_code ec;
+  if (!fs::is_directory(o.model_dir, ec)) throw OptionsError("--model '" + o.model_dir + "' is not a directory");
   if (o.tls_cert.empty() != o.tls_key.empty()) {
     throw OptionsError("--tls-cert and --tls-key go together: give both or neither");
   }

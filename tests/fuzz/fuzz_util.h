@@ -1,8 +1,11 @@
 // Helpers for the libFuzzer targets in targets/ (see run.sh): the parsers
 // under test read files, so each input is written to a scratch directory
-// that lives for the process (one per fuzzer process, under TMPDIR).
+// that lives for the process (one per fuzzer process, under TMPDIR); and
+// targets that need real assets find ../shared from the source tree (the
+// fuzzer runs in its build folder).
 #pragma once
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -31,6 +34,14 @@ inline std::string write_scratch(const std::string& name, const void* data, size
   if (size && std::fwrite(data, 1, size, f) != size) std::abort();
   std::fclose(f);
   return path;
+}
+
+// `rel` under ../shared of the source tree this target was built from.
+inline std::string shared_path(const std::string& rel) { return std::string(CHATRADIO_SOURCE_DIR) + "/../shared/" + rel; }
+
+inline bool exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
 }
 
 }  // namespace chatradio::fuzz

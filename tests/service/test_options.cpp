@@ -133,6 +133,18 @@ TEST_F(ServiceOptions, BadUsageHasPreciseMessages) {
   EXPECT_EQ(error_of({"--config", "/nonexistent.json"}), "--config '/nonexistent.json' cannot be read");
 }
 
+// Both escaped parse_options as other exception types (nlohmann's
+// out_of_range, std::filesystem_error), which server_main does not catch: the
+// server died in std::terminate instead of exiting 2 with the message
+// (tests/fuzz server_config).
+TEST(ServiceOptionsErrors, NumberOverflowAndOverlongModelPathAreUsageErrors) {
+  TempDir dir;
+  const std::string cfg = dir.write("c.json", R"({"drain-grace": 1e400})");
+  EXPECT_NE(error_of({"--config", cfg}).find("c.json: invalid JSON: "), std::string::npos);
+  const std::string long_name(300, 'm');  // over NAME_MAX: stat() fails with ENAMETOOLONG
+  EXPECT_EQ(error_of({"--model", long_name}), "--model '" + long_name + "' is not a directory");
+}
+
 TEST(ServiceOptionsExample, DeployExampleConfigParses) {
   // Its paths are a production machine's, so only the parsing is checked here.
   const std::string path = std::string(CHATRADIO_SOURCE_DIR) + "/deploy/server.example.json";

@@ -147,21 +147,27 @@ Q4Matrix q4_from_gptq(const Q4GptqSource& s) {
         m.zeros[at] = static_cast<uint8_t>(((word >> (4 * (col % 8))) & 15) + 1);  // v1: stored = zero - 1
       }
     }
-    uint8_t* panel = qs + static_cast<size_t>(p) * kb * kQ4BlockBytes;
-    // Fast path (no permutation, whole blocks): the 4 qweight words of a
-    // column hold its 32 inputs in order; each 16-bit half is one quad.
-    const int fast_blocks = m.perm.empty() ? s.k / kQ4BlockInputs : 0;
-    auto spread = [](uint32_t x) {  // 4 nibbles -> the low halves of 4 bytes
-      return (x & 0xF) | (x & 0xF0) << 4 | (x & 0xF00) << 8 | (x & 0xF000) << 12;
-    };
-    for (int b = 0; b < fast_blocks; ++b) {
+  }
+  // Fast path (no permutation, whole blocks): the 4 qweight words of a column
+  // hold its 32 inputs in order; each 16-bit half is one quad. Blocks outside,
+  // panels inside: the 4 qweight rows of a block are read front to back (a
+  // panel-outer loop read 32 bytes per 16 KB row and spent the load in cache
+  // and TLB misses), and each panel's 128 bytes are written whole.
+  const int fast_blocks = m.perm.empty() ? s.k / kQ4BlockInputs : 0;
+  auto spread = [](uint32_t x) {  // 4 nibbles -> the low halves of 4 bytes
+    return (x & 0xF) | (x & 0xF0) << 4 | (x & 0xF00) << 8 | (x & 0xF000) << 12;
+  };
+  for (int b = 0; b < fast_blocks; ++b) {
+    for (int p = 0; p < m.n_panels; ++p) {
+      const int cols = std::min(kQ4PanelCols, s.n - p * kQ4PanelCols);
+      uint8_t* blk = qs + (static_cast<size_t>(p) * kb + b) * kQ4BlockBytes;
       for (int c = 0; c < cols; ++c) {
         uint32_t w[4];  // inputs 0-7, 8-15, 16-23, 24-31 of the block
         for (int rr = 0; rr < 4; ++rr) {
           w[rr] = static_cast<uint32_t>(
               load_i32(s.qweight, static_cast<int64_t>(4 * b + rr) * s.n_stored + p * kQ4PanelCols + c));
         }
-        uint8_t* dst = panel + static_cast<size_t>(b) * kQ4BlockBytes + 4 * c;
+        uint8_t* dst = blk + 4 * c;
         for (int j = 0; j < 4; ++j) {
           const int shift = 16 * (j & 1);
           const uint32_t lo = (w[j >> 1] >> shift) & 0xFFFF;  // inputs 4j..4j+3
@@ -171,6 +177,10 @@ Q4Matrix q4_from_gptq(const Q4GptqSource& s) {
         }
       }
     }
+  }
+  for (int p = 0; p < m.n_panels; ++p) {
+    const int cols = std::min(kQ4PanelCols, s.n - p * kQ4PanelCols);
+    uint8_t* panel = qs + static_cast<size_t>(p) * kb * kQ4BlockBytes;
     for (int r = fast_blocks * 4; r * 8 < s.k; ++r) {
       for (int c = 0; c < cols; ++c) {
         const uint32_t word = static_cast<uint32_t>(

@@ -10,15 +10,19 @@
 #endif
 
 namespace chatradio::kernels::cpu {
-namespace {
 
 #if defined(__x86_64__) || defined(__i386__)
 // F16C through CPUID (leaf 1, ECX bit 29): clang before 16 does not know
-// "f16c" in __builtin_cpu_supports, and the fuzz build (tests/fuzz) uses clang 14.
+// "f16c" in __builtin_cpu_supports, and the fuzz and sanitizer builds use clang 14.
 bool cpu_has_f16c() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
 }
+#endif
+
+namespace {
+
+#if defined(__x86_64__) || defined(__i386__)
 bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 }

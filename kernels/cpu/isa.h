@@ -15,4 +15,9 @@ bool cpu_isa_supported(CpuIsa isa);
 // back to the best path with a warning on stderr).
 CpuIsa cpu_default_isa();
 
+#if defined(__x86_64__) || defined(__i386__)
+// The CPU has F16C (half <-> float conversions), asked through CPUID.
+bool cpu_has_f16c();
+#endif
+
 }  // namespace chatradio::kernels::cpu

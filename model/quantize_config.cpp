@@ -1,6 +1,9 @@
 #include "model/quantize_config.h"
 
+#include <cstdint>
 #include <filesystem>
+#include <limits>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "model/errors.h"
@@ -13,12 +16,22 @@ QuantizeConfig parse_quantize_config(const std::string& json_text, const std::st
   nlohmann::json j = parse_json_object(json_text, source);
   QuantizeConfig c;
   auto field = [&](const char* key, auto* dst) {
+    using T = std::remove_pointer_t<decltype(dst)>;
     if (!j.contains(key) || j[key].is_null()) return;
-    try {
-      *dst = j[key].get<std::remove_pointer_t<decltype(dst)>>();
-    } catch (const nlohmann::json::exception&) {
-      throw ModelError(source + ": field '" + key + "' has the wrong type: " + j[key].dump());
+    const nlohmann::json& v = j[key];
+    // Checked here, not by get<T>(): nlohmann converts a float or an integer
+    // beyond T's range with a plain cast (undefined behaviour, fuzz_quantize_config).
+    bool ok = false;
+    if constexpr (std::is_same_v<T, bool>) {
+      ok = v.is_boolean();
+    } else {
+      ok = (v.is_number_integer() && v.is_number_unsigned() &&
+            v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max())) ||
+           (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= std::numeric_limits<T>::min() &&
+            v.get<int64_t>() <= std::numeric_limits<T>::max());
     }
+    if (!ok) throw ModelError(source + ": field '" + key + "' has the wrong type or range: " + v.dump());
+    *dst = v.get<T>();
   };
   field("bits", &c.bits);
   field("group_size", &c.group_size);

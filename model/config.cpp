@@ -189,6 +189,15 @@ LlamaConfig parse_llama_config(const std::string& json_text, const std::string& 
       c.eos_token_id = token_id(r, "eos_token_id", *e, c.vocab_size);
     }
   }
+  // The defaults (BOS 1, EOS 2) must fit the vocabulary too: a config without
+  // the ids and with a tiny vocabulary would otherwise load and then fail to
+  // round-trip (fuzz_llama_config).
+  if (c.bos_token_id >= c.vocab_size && !r.find("bos_token_id")) {
+    r.fail("bos_token_id", "absent, and the default 1 is outside vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+  }
+  if (c.eos_token_id >= c.vocab_size && !r.find("eos_token_id")) {
+    r.fail("eos_token_id", "absent, and the default 2 is outside vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+  }
 
   // --- Features our forward pass does not implement.
   if (const json* rs = r.find("rope_scaling"))

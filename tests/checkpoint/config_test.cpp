@@ -176,6 +176,10 @@ TEST(Config, RejectsNonPositiveSizes) {
   EXPECT_MODEL_ERROR(parse(config({{"rms_norm_eps", "0"}})), kSource, "rms_norm_eps");
   EXPECT_MODEL_ERROR(parse(config({{"rope_theta", "-1.0"}})), kSource, "rope_theta");
   EXPECT_MODEL_ERROR(parse(config({{"rope_theta", "1e300"}})), kSource, "rope_theta");  // not a float
+  // Default token ids outside a tiny vocabulary (found by fuzz_llama_config).
+  EXPECT_MODEL_ERROR(parse(config({{"vocab_size", "2"}})), kSource, "eos_token_id");
+  EXPECT_MODEL_ERROR(parse(config({{"vocab_size", "1"}, {"eos_token_id", "0"}})), kSource, "bos_token_id");
+  EXPECT_EQ(parse(config({{"vocab_size", "2"}, {"eos_token_id", "0"}})).vocab_size, 2);
 }
 
 TEST(Config, RejectsWrongTypes) {

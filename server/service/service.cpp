@@ -282,30 +282,26 @@ class ImpressionServiceImpl::StreamCall final : public grpc::ServerWriteReactor<
 
 Status ImpressionServiceImpl::Call::prepare(const grpc::ByteBuffer& bytes) {
   RequestRecord& rec = scope_.rec;
-  if (auto gone = svc_.already_gone(*ctx_, bytes)) {
-    rec.request_id = svc_.next_request_id();
-    return *gone;
-  }
+  rec.request_id = svc_.next_request_id();  // every call has one, refused or not
+  if (auto gone = svc_.already_gone(*ctx_, bytes)) return *gone;
   google::protobuf::Message& req = rpc_ == Rpc::kScore ? static_cast<google::protobuf::Message&>(score_req_)
                                                        : static_cast<google::protobuf::Message&>(gen_req_);
   if (Status s = parse_request(req, bytes_of(bytes)); !s.ok()) {
-    rec.request_id = svc_.next_request_id();
     // Unauthenticated callers learn nothing about their request, not even that
     // it was malformed.
     if (std::string err = svc_.deps_.auth->check(*ctx_); !err.empty()) return Status(StatusCode::UNAUTHENTICATED, err);
     return s;
   }
-  return rpc_ == Rpc::kScore ? prepare_score() : prepare_generate();
+  const bool score = rpc_ == Rpc::kScore;
+  rec.client_request_id = score ? score_req_.client_request_id() : gen_req_.client_request_id();
+  rec.institution_id = (score ? score_req_.context() : gen_req_.context()).institution_id();
+  if (Status s = svc_.admit(*ctx_, rt_, scope_, this); !s.ok()) return s;
+  return score ? prepare_score() : prepare_generate();
 }
 
 Status ImpressionServiceImpl::Call::prepare_generate() {
   const v1::GenerateImpressionRequest& req = gen_req_;
   RequestRecord& rec = scope_.rec;
-  rec.request_id = svc_.next_request_id();
-  rec.client_request_id = req.client_request_id();
-  rec.institution_id = req.context().institution_id();
-  if (Status s = svc_.admit(*ctx_, rt_, scope_, this); !s.ok()) return s;
-
   const ServerOptions& opts = *svc_.deps_.opts;
   if (Status s = resolve_sampling(sampling_, req.sampling(), opts.default_preset, svc_.fresh_seed()); !s.ok()) {
     return s;
@@ -329,11 +325,6 @@ Status ImpressionServiceImpl::Call::prepare_generate() {
 Status ImpressionServiceImpl::Call::prepare_score() {
   const v1::ScoreRequest& req = score_req_;
   RequestRecord& rec = scope_.rec;
-  rec.request_id = svc_.next_request_id();
-  rec.client_request_id = req.client_request_id();
-  rec.institution_id = req.context().institution_id();
-  if (Status s = svc_.admit(*ctx_, rt_, scope_, this); !s.ok()) return s;
-
   const prompt::FindingsLimits limits{svc_.deps_.opts->max_input_bytes};
   if (Status s = map_priority(priority_, req.priority()); !s.ok()) return s;
   rec.priority = priority_name(priority_);

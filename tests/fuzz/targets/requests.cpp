@@ -98,6 +98,15 @@ bool ids_in_vocab(const std::vector<int32_t>& ids, const chatradio::model::Token
   return true;
 }
 
+// Priority, then the prompt: the steps every RPC takes, in the service's order.
+template <class Request>
+Status prompt_of(service::PreparedPrompt& pp, const Request& req, const Settings& s) {
+  chatradio::engine::Priority priority{};
+  if (Status st = service::map_priority(priority, req.priority()); !st.ok()) return st;
+  const Fixture& f = fixture();
+  return service::prepare_prompt(pp, f.templates, f.tokenizer, req.findings(), req.context(), s.limits);
+}
+
 // GenerateImpression / StreamImpression up to the engine submission.
 Status generate(service::RequestRecord& rec, const v1::GenerateImpressionRequest& req, const Settings& s) {
   const Fixture& f = fixture();
@@ -105,13 +114,8 @@ Status generate(service::RequestRecord& rec, const v1::GenerateImpressionRequest
   rec.institution_id = req.context().institution_id();
   service::ResolvedSampling sampling;
   if (Status st = service::resolve_sampling(sampling, req.sampling(), s.preset, 42); !st.ok()) return st;
-  chatradio::engine::Priority priority{};
-  if (Status st = service::map_priority(priority, req.priority()); !st.ok()) return st;
   service::PreparedPrompt pp;
-  if (Status st = service::prepare_prompt(pp, f.templates, f.tokenizer, req.findings(), req.context(), s.limits);
-      !st.ok()) {
-    return st;
-  }
+  if (Status st = prompt_of(pp, req, s); !st.ok()) return st;
   rec.template_id = pp.template_id;
   rec.language = std::string(chatradio::prompt::to_string(pp.language));
   int max_new = 0;
@@ -139,13 +143,8 @@ Status score(service::RequestRecord& rec, const v1::ScoreRequest& req, const Set
   const Fixture& f = fixture();
   rec.client_request_id = req.client_request_id();
   rec.institution_id = req.context().institution_id();
-  chatradio::engine::Priority priority{};
-  if (Status st = service::map_priority(priority, req.priority()); !st.ok()) return st;
   service::PreparedPrompt pp;
-  if (Status st = service::prepare_prompt(pp, f.templates, f.tokenizer, req.findings(), req.context(), s.limits);
-      !st.ok()) {
-    return st;
-  }
+  if (Status st = prompt_of(pp, req, s); !st.ok()) return st;
   if (Status st = service::check_score_texts(req, s.limits); !st.ok()) return st;
   rec.template_id = pp.template_id;
   rec.language = std::string(chatradio::prompt::to_string(pp.language));

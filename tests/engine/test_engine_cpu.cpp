@@ -463,8 +463,9 @@ TEST_F(EngineCpu, OnUpdateWakesForEveryTokenAndTheEnd) {
       lock.unlock();
       if (!h->take(got)) break;
     }
+    const Outcome o = h->wait();  // not under w->mu: on_update takes w->mu under the handle's lock
     std::lock_guard<std::mutex> lock(w->mu);
-    return std::make_tuple(h->wait(), got, w->calls);
+    return std::make_tuple(o, got, w->calls);
   };
 
   GenerateParams g;

@@ -132,11 +132,20 @@ void to_f32(std::span<float> dst, const TensorView& t) {
   to_f32(dst, t, 0);
 }
 
-void to_f32(std::span<float> dst, const TensorView& t, int64_t offset) {
-  const int64_t n = static_cast<int64_t>(dst.size());
-  if (offset < 0 || offset + n > t.numel())
+namespace {
+
+// Elements [offset, offset + n) of `t`, or a ModelError naming them.
+void check_range(const TensorView& t, int64_t offset, int64_t n) {
+  if (offset < 0 || n < 0 || offset + n > t.numel())
     throw ModelError(t.file + ": tensor '" + t.name + "': elements [" + std::to_string(offset) + ", " +
                      std::to_string(offset + n) + ") are outside its " + std::to_string(t.numel()));
+}
+
+}  // namespace
+
+void to_f32(std::span<float> dst, const TensorView& t, int64_t offset) {
+  const int64_t n = static_cast<int64_t>(dst.size());
+  check_range(t, offset, n);
   // Tensor data need not be aligned (the header length decides where the data
   // section starts), so elements are read with memcpy, never by casting. The
   // non-finite flag is OR-ed branch-free so the loops stay vectorisable.
@@ -173,9 +182,7 @@ void to_f32(std::span<float> dst, const TensorView& t, int64_t offset) {
 void check_finite(const TensorView& t) { check_finite(t, 0, t.numel()); }
 
 void check_finite(const TensorView& t, int64_t offset, int64_t n) {
-  if (offset < 0 || n < 0 || offset + n > t.numel())
-    throw ModelError(t.file + ": tensor '" + t.name + "': elements [" + std::to_string(offset) + ", " +
-                     std::to_string(offset + n) + ") are outside its " + std::to_string(t.numel()));
+  check_range(t, offset, n);
   uint32_t non_finite = 0;
   switch (t.dtype) {
     case DType::F32: {

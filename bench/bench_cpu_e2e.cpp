@@ -4,11 +4,13 @@
 //
 // usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N]
 //                      [--context N] [--quantize int4] [--kv-dtype f16|f32]
-//                      [--timings] [--load-only]
+//                      [--weight-cache DIR] [--timings] [--load-only]
 // Columns: model, threads, KV dtype, weights GB, decode tok/s at context 0,
 // decode tok/s at --context, prefill tok/s, peak RSS GiB, load s.
 // --timings prints where the load time went to stderr (model::LoadStats);
 // --load-only stops after loading (load time and peak RSS only).
+// --weight-cache DIR maps (or, the first time, writes) the int4 layout there
+// (model/weight_cache.h); without it every load builds the layout.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -65,19 +67,20 @@ struct Runner {
 // CPU and wall seconds summed over the loader threads.
 void print_load_stats(const chatradio::model::LoadStats& s, double load_s) {
   using chatradio::model::LoadStats;
-  static constexpr const char* kNames[LoadStats::kKinds] = {"read", "repack", "quantize", "convert"};
+  static constexpr const char* kNames[LoadStats::kKinds] = {"read", "repack", "quantize", "convert", "cached"};
   std::fprintf(stderr, "load %.2f s on %d threads: open %.3f s, tensors %.2f s, finish %.3f s\n", load_s, s.threads,
                s.open_s, s.tensors_s, s.finish_s);
   for (int k = 0; k < LoadStats::kKinds; ++k) {
     std::fprintf(stderr, "  %-8s cpu %6.2f s  wall %6.2f s (summed over threads)\n", kNames[k], s.cpu_s[k],
                  s.wall_s[k]);
   }
+  std::fprintf(stderr, "  weight cache: %s (write %.2f s)\n", s.cache.c_str(), s.cache_write_s);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string dir;
+  std::string dir, weight_cache;
   int threads = 1, prefill = 256, decode = 32, context = 256;
   bool quantize = false, timings = false, load_only = false;
   chatradio::model::KvDtype kv = chatradio::model::KvDtype::kF16;
@@ -102,6 +105,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode") decode = std::atoi(v.c_str());
     else if (a == "--context") context = std::atoi(v.c_str());
     else if (a == "--quantize" && v == "int4") quantize = true;
+    else if (a == "--weight-cache") weight_cache = v;
     else if (a == "--kv-dtype" && chatradio::model::parse_kv_dtype(v)) kv = *chatradio::model::parse_kv_dtype(v);
     else {
       std::fprintf(stderr, "unknown option %s\n", a.c_str());
@@ -109,7 +113,7 @@ int main(int argc, char** argv) {
     }
   }
   if (dir.empty()) {
-    std::fprintf(stderr, "usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N] [--context N] [--quantize int4] [--kv-dtype f16|f32] [--timings] [--load-only]\n");
+    std::fprintf(stderr, "usage: bench_cpu_e2e --model DIR [--threads N] [--prefill N] [--decode N] [--context N] [--quantize int4] [--kv-dtype f16|f32] [--weight-cache DIR] [--timings] [--load-only]\n");
     return 2;
   }
   try {
@@ -120,6 +124,7 @@ int main(int argc, char** argv) {
     opts.n_kv_blocks = (positions + opts.kv_block_size - 1) / opts.kv_block_size;
     chatradio::model::LoadOptions load;
     if (quantize) load.format = chatradio::model::WeightFormat::kInt4;
+    load.weight_cache_dir = weight_cache;
     chatradio::model::LoadStats stats;
     load.stats = &stats;
     const auto t0 = Clock::now();

@@ -1,6 +1,8 @@
 #include "model/llama.h"
 
+#include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -21,6 +23,7 @@
 #include "model/gptq.h"
 #include "model/quantize_config.h"
 #include "model/safetensors.h"
+#include "model/weight_cache.h"
 
 namespace chatradio::model {
 
@@ -225,11 +228,22 @@ class LinearReader {
     if (gptq_) qcfg_ = load_quantize_config(ckpt.dir());
   }
   bool int4() const { return gptq_ || opts_.format == WeightFormat::kInt4; }
+  // The load options the int4 weights depend on, for the weight cache key.
+  std::string cache_options() const {
+    return std::string(gptq_ ? "gptq" : "quantized at load") + ", group " +
+           std::to_string(gptq_ ? qcfg_.group_size : opts_.group_size);
+  }
+  // Int4 linears are taken from `cache` where it holds them (null: none).
+  void use_cache(const WeightCache* cache) { cache_ = cache; }
 
   // via_f16: the weight is one an int4 checkpoint stores in F16 (lm_head);
   // when quantized here it is rounded through F16 first, see add_quantized().
-  void add(TaskList& tasks, Linear* dst, const std::string& prefix, int out, int in, bool via_f16 = false) const {
+  void add(TaskList& tasks, Linear* dst, const std::string& prefix, int out, int in, bool via_f16 = false) {
     if (gptq_ && ckpt_.has(prefix + ".qweight")) {
+      if (add_cached(tasks, dst, prefix, out, in,
+                     {prefix + ".qweight", prefix + ".qzeros", prefix + ".scales", prefix + ".g_idx"})) {
+        return;
+      }
       auto repack = [this, dst, prefix, out, in] {
         const GptqShape shape = gptq_shape(in, out, qcfg_.group_size);
         const TensorView* g_idx = ckpt_.has(prefix + ".g_idx") ? &ckpt_.get(prefix + ".g_idx") : nullptr;
@@ -277,7 +291,8 @@ class LinearReader {
   // memory, whose pages are not ours to drop.
   void add_quantized(TaskList& tasks, Linear* dst, const std::string& prefix,
                      std::function<const TensorView&()> source, const TensorView* mapped, int out, int in,
-                     bool via_f16) const {
+                     bool via_f16) {
+    if (add_cached(tasks, dst, prefix, out, in, {prefix + ".weight"})) return;
     const int group = gptq_ ? qcfg_.group_size : opts_.group_size;
     const int n_slices = (out + kSliceRows - 1) / kSliceRows;
     auto parts = std::make_shared<std::vector<kernels::cpu::Q4Matrix>>(n_slices);  // [n_slices]
@@ -300,11 +315,41 @@ class LinearReader {
   }
 
  private:
+  // A task taking linear `prefix` from the cache, when it holds it. The
+  // checkpoint tensors it stands for (those of `sources` present) count as
+  // read without being touched: the cache was built from them unchanged.
+  bool add_cached(TaskList& tasks, Linear* dst, const std::string& prefix, int out, int in,
+                  std::vector<std::string> sources) {
+    if (!cache_ || !cache_->has(prefix)) return false;
+    const WeightCache* cache = cache_;
+    tasks.add(LoadStats::kCached, cache->views(prefix), [this, cache, dst, prefix, out, in, sources] {
+      for (const std::string& name : sources) {
+        if (ckpt_.has(name)) ckpt_.get(name);
+      }
+      *dst = Linear{out, in, {}, cache->get(prefix, out, in)};
+    });
+    return true;
+  }
+
   const Checkpoint& ckpt_;
   bool gptq_;
   QuantizeConfig qcfg_;
   const LoadOptions& opts_;
+  const WeightCache* cache_ = nullptr;
 };
+
+// Writes w's int4 matrices as the cache `key` in dir; the outcome for
+// LoadStats::cache ("written, N MiB" or "not written: why"). Never throws:
+// the weights are loaded, a failed write only makes the next start slower.
+std::string write_cache(const std::string& dir, const std::string& key, const LlamaWeights& w,
+                        const std::atomic<bool>* cancel) {
+  try {
+    const uint64_t bytes = write_weight_cache(dir, key, int4_matrices(w), cancel);
+    return "written, " + std::to_string(bytes >> 20) + " MiB";
+  } catch (const std::exception& e) {
+    return std::string("not written: ") + e.what();
+  }
+}
 
 }  // namespace
 
@@ -331,14 +376,34 @@ std::vector<std::string> check_all_tensors_used(const Checkpoint& ckpt, const Ll
                    "; a checkpoint must hold exactly the weights its config describes");
 }
 
-LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir, const LoadOptions& opts) {
-  if (opts.n_threads < 1) throw ModelError("loading needs at least one thread");
+namespace {
+
+// One load; `damaged` is empty, or why a first attempt's cache was unusable
+// (the cache is then neither read nor trusted, and rewritten).
+LlamaWeights load_once(const LlamaConfig& cfg, const std::string& model_dir, const LoadOptions& opts,
+                       const std::string& damaged) {
   const auto t_open = std::chrono::steady_clock::now();
   const auto mapping = std::make_shared<const Checkpoint>(model_dir);
   const Checkpoint& ckpt = *mapping;
   check_layer_count(cfg, ckpt);
+  LinearReader reader(ckpt, opts);
+  const bool caching = reader.int4() && !opts.weight_cache_dir.empty();
+  std::unique_ptr<WeightCache> cache;
+  std::string key, cache_state = "off";
+  if (caching) {
+    key = weight_cache_key(ckpt, reader.cache_options());
+    cache_state = "miss (" + (damaged.empty() ? "no cache for this checkpoint" : damaged) + ")";
+    if (damaged.empty()) {
+      try {
+        cache = WeightCache::open(opts.weight_cache_dir, key);
+        if (cache) cache_state = "hit";
+      } catch (const WeightCacheError& e) {
+        cache_state = std::string("miss (") + e.what() + ")";
+      }
+    }
+    reader.use_cache(cache.get());
+  }
   if (opts.stats) *opts.stats = LoadStats{.open_s = seconds_since(t_open)};
-  const LinearReader reader(ckpt, opts);
   const int d = cfg.hidden_size, kv = cfg.kv_dim(), ff = cfg.intermediate_size;
   LlamaWeights w;
   TaskList tasks;
@@ -410,7 +475,32 @@ LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model
   if (!cfg.tie_word_embeddings) reader.add(tasks, &w.lm_head, "lm_head", cfg.vocab_size, d, /*via_f16=*/true);
   tasks.then([&] { check_all_tensors_used(ckpt, cfg); });
   tasks.run(opts.n_threads, opts.stats);
+  double write_s = 0;
+  if (caching && !cache && opts.write_cache_in_background) {
+    w.unwritten_cache_key = key;
+    cache_state += "; writing in the background";
+  } else if (caching && !cache) {
+    const auto t_write = std::chrono::steady_clock::now();
+    cache_state += "; " + write_cache(opts.weight_cache_dir, key, w, nullptr);
+    write_s = seconds_since(t_write);
+  }
+  if (opts.stats) {
+    opts.stats->cache = cache_state;
+    opts.stats->cache_write_s = write_s;
+  }
   return w;
+}
+
+}  // namespace
+
+LlamaWeights load_llama_weights(const LlamaConfig& cfg, const std::string& model_dir, const LoadOptions& opts) {
+  if (opts.n_threads < 1) throw ModelError("loading needs at least one thread");
+  try {
+    return load_once(cfg, model_dir, opts, "");
+  } catch (const WeightCacheError& e) {
+    // A cached matrix failed its checks mid-load: load from the checkpoint.
+    return load_once(cfg, model_dir, opts, std::string("damaged: ") + e.what());
+  }
 }
 
 namespace {
@@ -425,6 +515,23 @@ const CpuBackendOptions& checked(const CpuBackendOptions& opts) {
 
 }  // namespace
 
+std::vector<std::pair<std::string, const kernels::cpu::Q4Matrix*>> int4_matrices(const LlamaWeights& w) {
+  std::vector<std::pair<std::string, const kernels::cpu::Q4Matrix*>> out;
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const LayerWeights& L = w.layers[l];
+    const std::pair<const char*, const Linear*> linears[] = {
+        {"self_attn.q_proj", &L.q}, {"self_attn.k_proj", &L.k}, {"self_attn.v_proj", &L.v},
+        {"self_attn.o_proj", &L.o}, {"mlp.gate_proj", &L.gate}, {"mlp.up_proj", &L.up},
+        {"mlp.down_proj", &L.down}};
+    for (const auto& [name, linear] : linears) {
+      if (linear->is_int4()) out.emplace_back(p + name, &linear->q4);
+    }
+  }
+  if (w.lm_head.is_int4()) out.emplace_back("lm_head", &w.lm_head.q4);
+  return out;
+}
+
 CpuLlama::CpuLlama(LlamaConfig cfg, LlamaWeights weights, const CpuBackendOptions& opts)
     : cfg_(cfg),
       w_(std::move(weights)),
@@ -438,7 +545,26 @@ std::unique_ptr<CpuLlama> CpuLlama::load(const std::string& model_dir, const Cpu
   LoadOptions with_threads = load;
   with_threads.n_threads = checked(opts).n_threads;
   LlamaWeights w = load_llama_weights(cfg, model_dir, with_threads);
-  return std::make_unique<CpuLlama>(cfg, std::move(w), opts);
+  auto llama = std::make_unique<CpuLlama>(cfg, std::move(w), opts);
+  if (!llama->w_.unwritten_cache_key.empty()) {
+    // The weights live in *llama from here on, so the writer reads them
+    // there; the destructor stops and joins it.
+    CpuLlama* self = llama.get();
+    self->cache_writer_ = std::thread([self, dir = load.weight_cache_dir, done = load.on_cache_written] {
+      // Lowest priority for this thread only (Linux: a thread id is a
+      // PRIO_PROCESS target): serving comes first. Advisory.
+      setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19);
+      const auto t0 = std::chrono::steady_clock::now();
+      const std::string outcome = write_cache(dir, self->w_.unwritten_cache_key, self->w_, &self->stop_cache_write_);
+      if (done) done(outcome, seconds_since(t0));
+    });
+  }
+  return llama;
+}
+
+CpuLlama::~CpuLlama() {
+  stop_cache_write_ = true;
+  if (cache_writer_.joinable()) cache_writer_.join();
 }
 
 void CpuLlama::forward(std::span<float> logits, const Batch& batch) {

@@ -5,8 +5,12 @@
 // checked against.
 #pragma once
 
+#include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/q4.h"
@@ -64,9 +68,16 @@ struct LlamaWeights {
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // [hidden]
   Linear lm_head;                 // [vocab, hidden]; from embed when tied
+  // Set when the load missed the weight cache and left writing it to the
+  // owner (LoadOptions::write_cache_in_background): the key to write under.
+  std::string unwritten_cache_key;
 
   size_t bytes() const;  // resident weight bytes
 };
+
+// The int4 linears of w by checkpoint name ("model.layers.0.self_attn.q_proj",
+// "lm_head"): what a weight cache holds.
+std::vector<std::pair<std::string, const kernels::cpu::Q4Matrix*>> int4_matrices(const LlamaWeights& w);
 
 enum class WeightFormat {
   kAsStored,  // float checkpoints stay float32, GPTQ ones int4
@@ -81,6 +92,7 @@ struct LoadStats {
     kRepack,    // GPTQ tensors -> the kernel's int4 layout, with their checks
     kQuantize,  // float rows -> int4 (a GPTQ checkpoint's f16 lm_head; --quantize int4)
     kConvert,   // float conversions and finiteness checks (embedding, norms, float linears)
+    kCached,    // int4 matrices taken from the weight cache: content hash and checks
     kKinds
   };
   int threads = 0;
@@ -89,6 +101,10 @@ struct LoadStats {
   double finish_s = 0;   // wall: joining sliced matrices, the unused-tensor check
   double cpu_s[kKinds] = {};   // CPU seconds per kind, summed over threads
   double wall_s[kKinds] = {};  // wall seconds per kind, summed over threads
+  // The weight cache: "off", "hit", or "miss" followed by why, and whether
+  // it was written ("miss (no file); written 3.6 GB").
+  std::string cache = "off";
+  double cache_write_s = 0;  // wall: writing the cache after a miss
 };
 
 struct LoadOptions {
@@ -98,6 +114,18 @@ struct LoadOptions {
   // depend on it, bit for bit. CpuLlama::load uses its backend's n_threads.
   int n_threads = 1;
   LoadStats* stats = nullptr;  // when set, filled with where the time went
+  // Directory of the int4 weight cache (model/weight_cache.h); empty: none.
+  // Int4 loads then map the cached layout when it matches the checkpoint,
+  // and write it after building it otherwise (a failed write is reported in
+  // stats->cache, never an error). Float loads ignore it.
+  std::string weight_cache_dir = {};
+  // CpuLlama::load only: after a miss, write the cache on a background thread
+  // (lowest CPU priority) once the model is built instead of before
+  // returning, and report the outcome ("written, N MiB" or "not written:
+  // ...") to on_cache_written, from that thread. A server then becomes ready
+  // without waiting for the write (7B on a VM: tens of seconds).
+  bool write_cache_in_background = false;
+  std::function<void(const std::string& outcome, double seconds)> on_cache_written = {};
 };
 
 // Reads a Hugging Face Llama directory: config.json and safetensors, float
@@ -139,6 +167,8 @@ struct CpuBackendOptions {
 class CpuLlama final : public Backend {
  public:
   CpuLlama(LlamaConfig cfg, LlamaWeights weights, const CpuBackendOptions& opts);
+  // Stops a weight cache write still running (its temporary file is removed).
+  ~CpuLlama() override;
   // Loads a model directory (config.json + safetensors) with opts.n_threads
   // loader threads.
   static std::unique_ptr<CpuLlama> load(const std::string& model_dir, const CpuBackendOptions& opts,
@@ -157,6 +187,9 @@ class CpuLlama final : public Backend {
   CpuBackendOptions opts_;
   std::unique_ptr<kernels::cpu::ThreadPool> pool_;
   KvCache kv_;
+  // The background weight cache write (LoadOptions::write_cache_in_background).
+  std::atomic<bool> stop_cache_write_{false};
+  std::thread cache_writer_;
 
   // Scratch reused across steps (capacity grows to the largest batch seen).
   struct Scratch {

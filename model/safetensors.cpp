@@ -345,6 +345,12 @@ Checkpoint::Checkpoint(const std::string& model_dir) : dir_(model_dir) {
   }
 }
 
+std::vector<std::string> Checkpoint::file_paths() const {
+  std::vector<std::string> paths;
+  for (const auto& f : files_) paths.push_back(f->path());
+  return paths;
+}
+
 bool Checkpoint::has(const std::string& name) const { return index_.count(name) != 0; }
 
 const TensorView& Checkpoint::get(const std::string& name) const {
@@ -405,8 +411,8 @@ bool write_fd(int fd, const void* data, size_t n) {
 
 // fsync then rename: without the fsync a power cut right after the rename
 // may leave an empty file under the final name on some file systems.
-void sync_close_rename(int fd, const std::string& tmp, const std::string& path) {
-  const bool synced = ::fsync(fd) == 0 || errno == EINVAL;  // EINVAL: file system without fsync
+void sync_close_rename(int fd, const std::string& tmp, const std::string& path, bool durable = true) {
+  const bool synced = !durable || ::fsync(fd) == 0 || errno == EINVAL;  // EINVAL: file system without fsync
   const std::string sync_error = synced ? "" : errno_text();
   const bool closed = ::close(fd) == 0;
   if (!synced || !closed) {
@@ -452,7 +458,7 @@ void write_file_atomically(const std::string& path, std::string_view text) {
 }
 
 SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<TensorSpec> tensors,
-                                     const std::map<std::string, std::string>& metadata)
+                                     const std::map<std::string, std::string>& metadata, size_t data_alignment)
     : path_(path), tmp_(path + ".tmp"), specs_(std::move(tensors)) {
   // ordered_json keeps insertion order, so the header lists tensors in the
   // order given and the data offsets increase monotonically with it.
@@ -477,9 +483,13 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, std::vector<Tensor
   } catch (const nlohmann::json::type_error& e) {  // e.g. a name that is not valid UTF-8
     throw ModelError(path + ": cannot encode header: " + e.what());
   }
-  // Pad with spaces (valid JSON whitespace) so the data section starts 8-byte
-  // aligned, as the reference writer does; readers then may use aligned loads.
-  text.append((8 - text.size() % 8) % 8, ' ');
+  // Pad with spaces (valid JSON whitespace) so the data section starts
+  // aligned (8 bytes, as the reference writer does, or more when asked);
+  // readers then may use aligned loads.
+  if (data_alignment == 0 || data_alignment % 8 != 0) {
+    throw ModelError(path + ": data alignment " + std::to_string(data_alignment) + " is not a multiple of 8");
+  }
+  text.append((data_alignment - (8 + text.size()) % data_alignment) % data_alignment, ' ');
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
 
@@ -538,7 +548,7 @@ void SafetensorsWriter::write(const std::string& name, std::span<const uint8_t> 
   written_ += bytes.size();
 }
 
-void SafetensorsWriter::finish() {
+void SafetensorsWriter::finish(bool durable) {
   if (finished_) return;
   if (failed_) throw ModelError(path_ + ": cannot finish after a failed write");
   for (; current_ < specs_.size(); ++current_, done_ = 0) {
@@ -550,7 +560,7 @@ void SafetensorsWriter::finish() {
   const int fd = fd_;
   fd_ = -1;
   finished_ = true;  // sync_close_rename removes the tmp file itself on failure
-  sync_close_rename(fd, tmp_, path_);
+  sync_close_rename(fd, tmp_, path_, durable);
 }
 
 CheckpointWriter::CheckpointWriter(const std::string& dir, std::vector<TensorSpec> tensors, uint64_t max_shard_bytes,

@@ -70,6 +70,8 @@ class Checkpoint {
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
   std::vector<std::string> names() const;
   const std::string& dir() const { return dir_; }
+  // Paths of the safetensors files it maps, in the order opened.
+  std::vector<std::string> file_paths() const;
   // The tensor, or nullptr when absent, without counting as a read: for
   // prefetching pages ahead of the get() that consumes the tensor.
   const TensorView* find(const std::string& name) const;
@@ -151,8 +153,10 @@ class SafetensorsWriter {
  public:
   // Validates the specs (unique names, not "__metadata__", sane shapes),
   // creates PATH.tmp and writes the header. Throws ModelError.
+  // data_alignment (a multiple of 8) pads the header so the data section
+  // starts at that offset multiple.
   SafetensorsWriter(const std::string& path, std::vector<TensorSpec> tensors,
-                    const std::map<std::string, std::string>& metadata = {});
+                    const std::map<std::string, std::string>& metadata = {}, size_t data_alignment = 8);
   // Without finish(), removes PATH.tmp: nothing is left behind.
   ~SafetensorsWriter();
   SafetensorsWriter(const SafetensorsWriter&) = delete;
@@ -163,8 +167,11 @@ class SafetensorsWriter {
   // past a tensor's size, out of order, after a failure or to a name the
   // header lacks throws ModelError naming the file and the tensor.
   void write(const std::string& name, std::span<const uint8_t> bytes);
-  // Checks every tensor is complete, flushes to disk and renames PATH.tmp to PATH.
-  void finish();
+  // Checks every tensor is complete, flushes to disk and renames PATH.tmp to
+  // PATH. durable = false skips the flush (fsync): for a file whose damage
+  // its reader detects and recovers from (model/weight_cache.h), the write
+  // then costs page-cache time, not disk time.
+  void finish(bool durable = true);
 
   const std::string& path() const { return path_; }
   uint64_t data_bytes() const { return total_; }  // data section size

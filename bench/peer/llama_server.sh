@@ -15,6 +15,7 @@
 # --parallel N slots (continuous batching is on by default) and ours --max-batch-size N.
 # Reports: DIR/round-R-{ours,peer}.{json,md} and DIR/round-R-compare.md
 # (serving_bench.py compare). Prints the load average before each server starts.
+# Medians over the rounds: bench/peer/serving_medians.py DIR.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"

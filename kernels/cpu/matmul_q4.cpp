@@ -16,7 +16,7 @@ namespace chatradio::kernels::cpu {
 namespace {
 
 detail::Q4WeightsRef weights_ref(const Q4Matrix& w) {
-  return {w.nibbles(), w.scales.data(), w.zeros.data(), w.perm.empty() ? nullptr : w.perm.data(),
+  return {w.nibbles(), w.scale_data(), w.zero_data(), w.perm_data(),
           w.n,         w.k,             w.n_panels,     w.k_blocks,
           w.group_blocks, w.n_groups};
 }
@@ -45,6 +45,9 @@ int32_t quant_block(int8_t* xq /*[32]*/, float* d, const float* v /*[32]*/) {
 }  // namespace
 
 void q4_append_columns(Q4Matrix& dst, const Q4Matrix& src) {
+  if (dst.is_borrowed() || src.is_borrowed()) {
+    throw std::invalid_argument("q4_append_columns: a borrowed (weight cache) matrix cannot be extended");
+  }
   if (dst.n == 0) {
     dst = src;
     return;
@@ -61,9 +64,7 @@ void q4_append_columns(Q4Matrix& dst, const Q4Matrix& src) {
   dst.n_panels += src.n_panels;
 }
 
-size_t Q4Matrix::weight_bytes() const {
-  return qs.size() * sizeof(Q4Line) + scales.size() * sizeof(uint16_t) + zeros.size();
-}
+size_t Q4Matrix::weight_bytes() const { return nibble_bytes() + param_count() * (sizeof(uint16_t) + 1); }
 
 Q4Matrix q4_from_gptq(const Q4GptqSource& s) {
   if (!s.qweight || !s.qzeros || !s.scales || !s.g_idx) fail("missing tensor");

@@ -33,6 +33,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -64,7 +65,30 @@ struct Q4Matrix {
   std::vector<int32_t> perm;     // [k_blocks * 32] input of each position, -1 = padding;
                                  // empty when position p is input p (p < k) and padding beyond
 
-  const uint8_t* nibbles() const { return reinterpret_cast<const uint8_t*>(qs.data()); }
+  // A matrix read from a weight cache (model/weight_cache.h) owns none of
+  // the arrays above: they stay empty and these point into the mapped file,
+  // which `keep` holds open. Mapping a cached layout is what lets a restart
+  // skip the repack and the anonymous memory it would fill.
+  struct Borrowed {
+    std::shared_ptr<const void> keep;
+    const uint8_t* qs = nullptr;       // [n_panels, k_blocks, 128]
+    const uint16_t* scales = nullptr;  // [n_panels, n_groups, 8]
+    const uint8_t* zeros = nullptr;    // [n_panels, n_groups, 8]
+    const int32_t* perm = nullptr;     // [k_blocks * 32], or null for the identity
+  } borrowed;
+
+  bool is_borrowed() const { return borrowed.keep != nullptr; }
+  const uint8_t* nibbles() const {
+    return is_borrowed() ? borrowed.qs : reinterpret_cast<const uint8_t*>(qs.data());
+  }
+  const uint16_t* scale_data() const { return is_borrowed() ? borrowed.scales : scales.data(); }
+  const uint8_t* zero_data() const { return is_borrowed() ? borrowed.zeros : zeros.data(); }
+  // Null when position p is input p.
+  const int32_t* perm_data() const {
+    return is_borrowed() ? borrowed.perm : (perm.empty() ? nullptr : perm.data());
+  }
+  size_t nibble_bytes() const { return static_cast<size_t>(n_panels) * k_blocks * kQ4BlockBytes; }
+  size_t param_count() const { return static_cast<size_t>(n_panels) * n_groups * kQ4PanelCols; }  // scales, zeros
   // Bytes a matmul streams from memory (nibbles + scales + zeros).
   size_t weight_bytes() const;
 };
@@ -91,8 +115,9 @@ Q4Matrix q4_from_gptq(const Q4GptqSource& src);
 // Appends src's output columns after dst's, so a large matrix can be built a
 // slice of output rows at a time (the loader quantizes a 7B lm_head in pieces
 // instead of holding it in float). dst.n must be a multiple of 8 (whole
-// panels), and both must share k, the group layout and the input order.
-// Throws std::invalid_argument otherwise. An empty dst takes src as is.
+// panels), both must share k, the group layout and the input order, and
+// neither may be borrowed. Throws std::invalid_argument otherwise. An empty
+// dst takes src as is.
 void q4_append_columns(Q4Matrix& dst, const Q4Matrix& src);
 
 // out[m, n] = x[m, k] · Wᵀ with W the dequantized int4 weight. out must not

@@ -99,7 +99,7 @@ void gptq_put_q4(GptqTensors& dst, int row0, const kernels::cpu::Q4Matrix& w, co
   using kernels::cpu::kQ4BlockInputs;
   const GptqShape& s = dst.shape;
   const int q4_group = q4_group_of(w);
-  if (!w.perm.empty()) {
+  if (w.perm_data()) {
     throw ModelError(name + ": act-order (desc_act) int4 weights are not supported by the CUDA backend");
   }
   if (w.n <= 0 || w.k <= 0 || row0 < 0 || row0 + w.n > s.out || w.k > s.in || s.in != s.in_padded ||
@@ -120,13 +120,13 @@ void gptq_put_q4(GptqTensors& dst, int row0, const kernels::cpu::Q4Matrix& w, co
       // A device group made only of padding inputs takes the last CPU group.
       const int j = std::min((gi * s.group / kQ4BlockInputs) / w.group_blocks, w.n_groups - 1);
       const size_t at = (static_cast<size_t>(p) * w.n_groups + j) * kernels::cpu::kQ4PanelCols + c;
-      const int zero = w.zeros[at];
+      const int zero = w.zero_data()[at];
       if (zero < 1 || zero > 16) {
         throw ModelError(name + ": zero point " + std::to_string(zero) + " of output " + std::to_string(o) +
                          " cannot be stored as GPTQ v1 (1..16)");
       }
       zero_of_group[gi] = zero;
-      dst.scales[static_cast<size_t>(gi) * ld + od] = w.scales[at];
+      dst.scales[static_cast<size_t>(gi) * ld + od] = w.scale_data()[at];
       int32_t& zw = dst.qzeros[static_cast<size_t>(gi) * (ld / 8) + od / 8];
       const int sh = 4 * (od % 8);
       zw = static_cast<int32_t>((static_cast<uint32_t>(zw) & ~(0xFu << sh)) |

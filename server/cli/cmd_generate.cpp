@@ -38,6 +38,8 @@ constexpr const char* kHelp =
     "  --quantize int4           quantize a float checkpoint to int4 at load (GPTQ ones are int4 already)\n"
     "  --threads N               CPU threads (default: the usable cores, cgroup quota included)\n"
     "  --kv-dtype f16|f32        KV cache element type (default f16)\n"
+    "  --weight-cache DIR        map the int4 layout from DIR when it matches the checkpoint, else build\n"
+    "                            and write it there (docs/weight-cache.md; default: no cache)\n"
     "  --ids                     print token ids (prompt with BOS, then generated) instead of text\n"
     "  --timings                 print to stderr one line: load time, prompt tokens, time to first\n"
     "                            token, prefill and decode tokens/s (never the text)\n";
@@ -70,7 +72,7 @@ void print_timings(Clock::duration load, size_t prompt_tokens, Clock::time_point
 int run(int argc, char** argv) {
   const Args args(argc, argv,
                   {"model", "prompt", "max-tokens", "temperature", "top-k", "top-p",
-                   "repetition-penalty", "seed", "quantize", "threads", "kv-dtype"},
+                   "repetition-penalty", "seed", "quantize", "threads", "kv-dtype", "weight-cache"},
                   {"ids", "timings", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -93,6 +95,7 @@ int run(int argc, char** argv) {
     if (args.str("quantize") != "int4") throw UsageError("--quantize supports only 'int4'");
     load.format = model::WeightFormat::kInt4;
   }
+  if (args.has("weight-cache")) load.weight_cache_dir = args.str("weight-cache");
 
   const Clock::time_point load_start = Clock::now();
   const model::Tokenizer tok = model::Tokenizer::load(dir + "/tokenizer.model");

@@ -101,6 +101,10 @@ const std::vector<Spec>& specs() {
     }
     t.push_back(int_opt("quantize-group-size", "int4 group size for --quantize (default 128)", 1, 1 << 20,
                         &ServerOptions::quantize_group_size));
+    t.push_back(path_opt("weight-cache", "DIR",
+                         "directory of the int4 weight cache: a restart maps the kernel layout from it instead "
+                         "of rebuilding it, written there after a load that found none (default: no cache)",
+                         &ServerOptions::weight_cache_dir));
     t.push_back(int_opt("max-waiting", "requests queued before new ones fail with RESOURCE_EXHAUSTED (default 256)",
                         1, kMaxInt, &ServerOptions::max_waiting));
     t.push_back(int_opt("max-batch-size", "sequences per engine step (default 64)", 1, 1 << 16,
@@ -355,6 +359,9 @@ void validate_options(const ServerOptions& o) {
   // name the OS refuses (too long), which is bad usage like any other.
   std::error_code ec;
   if (!fs::is_directory(o.model_dir, ec)) throw OptionsError("--model '" + o.model_dir + "' is not a directory");
+  if (!o.weight_cache_dir.empty() && !fs::is_directory(o.weight_cache_dir, ec)) {
+    throw OptionsError("--weight-cache '" + o.weight_cache_dir + "' is not a directory");
+  }
   if (o.tls_cert.empty() != o.tls_key.empty()) {
     throw OptionsError("--tls-cert and --tls-key go together: give both or neither");
   }

@@ -33,6 +33,7 @@ struct ServerOptions {
   std::string kv_dtype = "f16";       // f16 | f32 (CPU backend; CUDA stores f16)
   std::string quantize;               // "" (as stored) or "int4" (RTN at load)
   int quantize_group_size = 128;
+  std::string weight_cache_dir;       // "" = no int4 weight cache (model/weight_cache.h)
 
   // Engine (server/engine/engine.h EngineOptions).
   int max_waiting = 256;              // queued requests before RESOURCE_EXHAUSTED

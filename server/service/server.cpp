@@ -209,6 +209,14 @@ void ChatradioServer::load_and_warm_up() {
   bo.n_threads = opts_.threads > 0 ? opts_.threads
                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   model::LoadOptions lo;
+  model::LoadStats load_stats;
+  lo.stats = &load_stats;
+  lo.weight_cache_dir = opts_.weight_cache_dir;
+  // Ready first: after a miss the cache is written while the server serves.
+  lo.write_cache_in_background = true;
+  lo.on_cache_written = [this](const std::string& outcome, double seconds) {
+    log_.event("weight_cache", {{"outcome", outcome}, {"seconds", seconds}});
+  };
   if (opts_.quantize == "int4") {
     lo.format = model::WeightFormat::kInt4;
     lo.group_size = opts_.quantize_group_size;
@@ -288,6 +296,7 @@ void ChatradioServer::load_and_warm_up() {
                        {"kv_dtype", runtime_->info.backend() == "cuda" ? std::string("f16") : opts_.kv_dtype},
                        {"context", int64_t{runtime_->context}},
                        {"load_s", load_s},
+                       {"weight_cache", load_stats.cache},
                        {"warmup_s", warm_s}});
 }
 

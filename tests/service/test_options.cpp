@@ -107,6 +107,8 @@ TEST_F(ServiceOptions, BadUsageHasPreciseMessages) {
   EXPECT_EQ(error_of({"--model", m, "--quantize", "int8"}), "--quantize must be one of int4, none, got 'int8'");
   EXPECT_EQ(error_of({"--model", m, "--reflection", "maybe"}), "--reflection must be true or false, got 'maybe'");
   EXPECT_EQ(error_of({"--model", "/nonexistent/model"}), "--model '/nonexistent/model' is not a directory");
+  EXPECT_EQ(error_of({"--model", m, "--weight-cache", "/nonexistent/cache"}),
+            "--weight-cache '/nonexistent/cache' is not a directory");
   EXPECT_EQ(error_of({"--model", m, "--tls-cert", "/etc/hostname"}),
             "--tls-cert and --tls-key go together: give both or neither");
   EXPECT_EQ(error_of({"--model", m, "--tls-client-ca", "/etc/hostname"}),

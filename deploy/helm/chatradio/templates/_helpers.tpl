@@ -62,6 +62,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $c "tls-client-ca" "/etc/chatradio/tls/ca.crt" }}
 {{- end }}
 {{- end }}
+{{- if .Values.weightCache.enabled }}
+{{- $_ := set $c "weight-cache" "/var/cache/chatradio" }}
+{{- end }}
 {{- if .Values.auth.enabled }}
 {{- $_ := set $c "auth-token-file" (printf "/etc/chatradio/auth/%s" .Values.auth.key) }}
 {{- end }}

@@ -100,6 +100,9 @@ def main():
                             "--metrics-port", "0", "--threads", "1", "--drain-timeout", "20"])
     try:
         port = server.wait_event("listening", timeout=60)["port"]
+        # Listening comes before the model is loaded; a request in between is
+        # answered UNAVAILABLE ("still loading"), which a loaded CI machine hit.
+        server.wait_event("ready", timeout=120)
         max_tokens = 24
         common = ["--target", "grpc://127.0.0.1:%d" % port, "--proto-root", a.proto_root, "--shared", a.shared,
                   "--templates", a.templates, "--tokenizer", os.path.join(a.model, "tokenizer.model"),

@@ -162,6 +162,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
                        std::to_string(file_size) + " - 8 (truncated file?)");
 
     const char* hbegin = reinterpret_cast<const char*>(base + 8);
+    header_ = std::string_view(hbegin, header_len);
     std::string duplicate;
     json header = parse_json_strict(hbegin, hbegin + header_len, path, &duplicate);
     if (!header.is_object())
@@ -345,10 +346,10 @@ Checkpoint::Checkpoint(const std::string& model_dir) : dir_(model_dir) {
   }
 }
 
-std::vector<std::string> Checkpoint::file_paths() const {
-  std::vector<std::string> paths;
-  for (const auto& f : files_) paths.push_back(f->path());
-  return paths;
+std::vector<const SafetensorsFile*> Checkpoint::files() const {
+  std::vector<const SafetensorsFile*> out;
+  for (const auto& f : files_) out.push_back(f.get());
+  return out;
 }
 
 bool Checkpoint::has(const std::string& name) const { return index_.count(name) != 0; }

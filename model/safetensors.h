@@ -48,6 +48,8 @@ class SafetensorsFile {
   const std::string& path() const { return path_; }
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // The JSON header as stored (validated), a view into the mapping.
+  std::string_view header() const { return header_; }
 
  private:
   std::string path_;
@@ -55,6 +57,7 @@ class SafetensorsFile {
   size_t map_size_ = 0;
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
+  std::string_view header_;
 };
 
 // All tensors of a checkpoint directory (model.safetensors, or the shards an
@@ -70,8 +73,8 @@ class Checkpoint {
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
   std::vector<std::string> names() const;
   const std::string& dir() const { return dir_; }
-  // Paths of the safetensors files it maps, in the order opened.
-  std::vector<std::string> file_paths() const;
+  // The safetensors files it maps, in the order opened.
+  std::vector<const SafetensorsFile*> files() const;
   // The tensor, or nullptr when absent, without counting as a read: for
   // prefetching pages ahead of the get() that consumes the tensor.
   const TensorView* find(const std::string& name) const;

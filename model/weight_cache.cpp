@@ -11,12 +11,10 @@
 
 #include <sys/stat.h>
 
-#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 
 #include "model/file_util.h"
@@ -48,21 +46,12 @@ std::string hex64(uint64_t v) {
 
 // Size, modification time and safetensors header of one checkpoint file:
 // what changes when the file is replaced or rewritten.
-std::string file_fingerprint(const std::string& path) {
+std::string file_fingerprint(const SafetensorsFile& f) {
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw ModelError(path + ": cannot stat: " + std::strerror(errno));
-  std::ifstream in(path, std::ios::binary);
-  uint8_t len_bytes[8] = {};
-  in.read(reinterpret_cast<char*>(len_bytes), 8);
-  uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | len_bytes[i];
-  // The checkpoint's reader has validated this length against the file.
-  std::string header(static_cast<size_t>(std::min<uint64_t>(header_len, static_cast<uint64_t>(st.st_size))), '\0');
-  in.read(header.data(), static_cast<std::streamsize>(header.size()));
-  if (!in) throw ModelError(path + ": cannot read its header");
-  return std::filesystem::path(path).filename().string() + " " + std::to_string(st.st_size) + " " +
+  if (::stat(f.path().c_str(), &st) != 0) throw ModelError(f.path() + ": cannot stat: " + std::strerror(errno));
+  return std::filesystem::path(f.path()).filename().string() + " " + std::to_string(st.st_size) + " " +
          std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + " " +
-         hex64(content_hash(header.data(), header.size()));
+         hex64(content_hash(f.header().data(), f.header().size()));
 }
 
 struct Dims {
@@ -70,12 +59,33 @@ struct Dims {
   uint64_t hash = 0;
 };
 
-// Content hash of a matrix's arrays, in a fixed order.
+// One array of a matrix as a cache file stores it. The shape follows from
+// the matrix's dimensions alone; data is null where the matrix has none (no
+// input order, or dimensions only).
+struct Array {
+  const char* suffix;  // after the linear's name
+  DType dtype;
+  std::vector<int64_t> shape;
+  const void* data;
+  size_t bytes;
+};
+
+// A matrix's arrays in file order (which is also the hash order).
+std::vector<Array> arrays_of(const q4::Q4Matrix& m) {
+  const int64_t params = int64_t{m.n_groups} * q4::kQ4PanelCols;
+  const int64_t positions = int64_t{m.k_blocks} * q4::kQ4BlockInputs;
+  return {{".qs", DType::U8, {m.n_panels, int64_t{m.k_blocks} * q4::kQ4BlockBytes}, m.nibbles(), m.nibble_bytes()},
+          {".scales", DType::F16, {m.n_panels, params}, m.scale_data(), m.param_count() * sizeof(uint16_t)},
+          {".zeros", DType::U8, {m.n_panels, params}, m.zero_data(), m.param_count()},
+          {".perm", DType::I32, {positions}, m.perm_data(), static_cast<size_t>(positions) * sizeof(int32_t)}};
+}
+
+// Content hash of a matrix's arrays, in file order.
 uint64_t matrix_hash(const q4::Q4Matrix& m) {
-  uint64_t h = content_hash(m.nibbles(), m.nibble_bytes());
-  h = content_hash(m.scale_data(), m.param_count() * sizeof(uint16_t), h);
-  h = content_hash(m.zero_data(), m.param_count(), h);
-  if (m.perm_data()) h = content_hash(m.perm_data(), static_cast<size_t>(m.k_blocks) * q4::kQ4BlockInputs * 4, h);
+  uint64_t h = 0;
+  for (const Array& a : arrays_of(m)) {
+    if (a.data) h = content_hash(a.data, a.bytes, h);
+  }
   return h;
 }
 
@@ -110,7 +120,7 @@ std::string weight_cache_key(const Checkpoint& ckpt, const std::string& options)
     const std::string text = read_text_file(path, "cannot open", /*with_errno=*/true);
     desc += std::string(name) + " " + hex64(content_hash(text.data(), text.size())) + "\n";
   }
-  for (const std::string& path : ckpt.file_paths()) desc += file_fingerprint(path) + "\n";
+  for (const SafetensorsFile* f : ckpt.files()) desc += file_fingerprint(*f) + "\n";
   return hex64(content_hash(desc.data(), desc.size()));
 }
 
@@ -174,25 +184,26 @@ q4::Q4Matrix WeightCache::get(const std::string& linear, int out, int in) const 
   m.k_blocks = d.k_blocks;
   m.group_blocks = d.group_blocks;
   m.n_groups = d.n_groups;
-  const auto& tensors = file_->tensors();
-  auto array = [&](const char* part, DType dtype, std::vector<int64_t> shape, size_t align) -> const uint8_t* {
-    const auto it = tensors.find(linear + part);
-    if (it == tensors.end()) return nullptr;
+  // The stored arrays, checked against the shapes the dimensions give.
+  const uint8_t* data[4] = {};  // qs, scales, zeros, perm (arrays_of order)
+  const std::vector<Array> expected = arrays_of(m);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const Array& e = expected[i];
+    const auto it = file_->tensors().find(linear + e.suffix);
+    if (it == file_->tensors().end()) continue;
     const TensorView& t = it->second;
-    if (t.dtype != dtype || t.shape != shape) {
-      throw bad(std::string(part + 1) + " is " + dtype_name(t.dtype) + " " + shape_str(t.shape) + ", expected " +
-                dtype_name(dtype) + " " + shape_str(shape));
+    const char* what = e.suffix + 1;
+    if (t.dtype != e.dtype || t.shape != e.shape) {
+      throw bad(std::string(what) + " is " + dtype_name(t.dtype) + " " + shape_str(t.shape) + ", expected " +
+                dtype_name(e.dtype) + " " + shape_str(e.shape));
     }
-    if (reinterpret_cast<uintptr_t>(t.data) % align != 0) throw bad(std::string(part + 1) + " is misaligned");
-    return t.data;
-  };
-  const int64_t params = static_cast<int64_t>(d.n_groups) * q4::kQ4PanelCols;
-  const uint8_t* qs = array(".qs", DType::U8, {m.n_panels, int64_t{d.k_blocks} * q4::kQ4BlockBytes}, 1);
-  const uint8_t* scales = array(".scales", DType::F16, {m.n_panels, params}, alignof(uint16_t));
-  const uint8_t* zeros = array(".zeros", DType::U8, {m.n_panels, params}, 1);
-  const uint8_t* perm = array(".perm", DType::I32, {int64_t{d.k_blocks} * q4::kQ4BlockInputs}, alignof(int32_t));
-  if (!qs || !scales || !zeros) throw bad("arrays missing");
-  m.borrowed = {file_, qs, reinterpret_cast<const uint16_t*>(scales), zeros, reinterpret_cast<const int32_t*>(perm)};
+    if (reinterpret_cast<uintptr_t>(t.data) % dtype_size(e.dtype) != 0) throw bad(std::string(what) + " is misaligned");
+    data[i] = t.data;
+  }
+  if (!data[0] || !data[1] || !data[2]) throw bad("arrays missing");
+  const uint8_t* zeros = data[2];
+  m.borrowed = {file_, data[0], reinterpret_cast<const uint16_t*>(data[1]), zeros,
+                reinterpret_cast<const int32_t*>(data[3])};
   if (matrix_hash(m) != d.hash) throw bad("content hash mismatch (damaged file)");
   // Past the hash, the file is what a writer of this version produced; these
   // checks keep a forged one from steering the kernels out of bounds.
@@ -210,37 +221,30 @@ q4::Q4Matrix WeightCache::get(const std::string& linear, int out, int in) const 
 uint64_t write_weight_cache(const std::string& dir, const std::string& key,
                             const std::vector<std::pair<std::string, const q4::Q4Matrix*>>& matrices,
                             const std::atomic<bool>* cancel) {
-  std::vector<TensorSpec> specs;
   std::map<std::string, std::string> meta{{"format", kFormat}, {"version", kVersion}, {"key", key}};
+  // Array by array (all nibbles first, so each starts on a cache line), then
+  // matrix by matrix; a matrix without an input order has no .perm.
+  std::vector<TensorSpec> specs;
+  std::vector<std::span<const uint8_t>> bytes;  // [specs]
+  std::vector<std::vector<Array>> arrays;       // [matrices]
   for (const auto& [name, m] : matrices) {
-    specs.push_back({name + ".qs", DType::U8, {m->n_panels, int64_t{m->k_blocks} * q4::kQ4BlockBytes}});
+    arrays.push_back(arrays_of(*m));
     meta[name] = std::to_string(m->n) + " " + std::to_string(m->k) + " " + std::to_string(m->k_blocks) + " " +
                  std::to_string(m->group_blocks) + " " + std::to_string(m->n_groups) + " " + hex64(matrix_hash(*m));
   }
-  for (const auto& [name, m] : matrices) {
-    specs.push_back({name + ".scales", DType::F16, {m->n_panels, int64_t{m->n_groups} * q4::kQ4PanelCols}});
-  }
-  for (const auto& [name, m] : matrices) {
-    specs.push_back({name + ".zeros", DType::U8, {m->n_panels, int64_t{m->n_groups} * q4::kQ4PanelCols}});
-  }
-  for (const auto& [name, m] : matrices) {
-    if (m->perm_data()) specs.push_back({name + ".perm", DType::I32, {int64_t{m->k_blocks} * q4::kQ4BlockInputs}});
+  for (size_t i = 0; i < 4; ++i) {
+    for (size_t j = 0; j < matrices.size(); ++j) {
+      const Array& a = arrays[j][i];
+      if (!a.data) continue;
+      specs.push_back({matrices[j].first + a.suffix, a.dtype, a.shape});
+      bytes.emplace_back(static_cast<const uint8_t*>(a.data), a.bytes);
+    }
   }
   const std::string file = weight_cache_file_name(key);
   SafetensorsWriter writer(dir + "/" + file, specs, meta, kAlign);
-  auto bytes = [&](const void* p, size_t n) {
+  for (size_t i = 0; i < specs.size(); ++i) {
     if (cancel && cancel->load()) throw ModelError(writer.path() + ": write cancelled");
-    return std::span<const uint8_t>(static_cast<const uint8_t*>(p), n);
-  };
-  for (const auto& [name, m] : matrices) writer.write(name + ".qs", bytes(m->nibbles(), m->nibble_bytes()));
-  for (const auto& [name, m] : matrices) {
-    writer.write(name + ".scales", bytes(m->scale_data(), m->param_count() * sizeof(uint16_t)));
-  }
-  for (const auto& [name, m] : matrices) writer.write(name + ".zeros", bytes(m->zero_data(), m->param_count()));
-  for (const auto& [name, m] : matrices) {
-    if (m->perm_data()) {
-      writer.write(name + ".perm", bytes(m->perm_data(), static_cast<size_t>(m->k_blocks) * q4::kQ4BlockInputs * 4));
-    }
+    writer.write(specs[i].name, bytes[i]);
   }
   // Not fsynced: a cache lost or torn by a crash fails its checks and is rebuilt.
   writer.finish(/*durable=*/false);

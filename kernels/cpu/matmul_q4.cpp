@@ -16,9 +16,8 @@ namespace chatradio::kernels::cpu {
 namespace {
 
 detail::Q4WeightsRef weights_ref(const Q4Matrix& w) {
-  return {w.nibbles(), w.scale_data(), w.zero_data(), w.perm_data(),
-          w.n,         w.k,             w.n_panels,     w.k_blocks,
-          w.group_blocks, w.n_groups};
+  return {w.nibbles(), w.scale_data(), w.zero_data(), w.perm_data(), w.n,
+          w.k,         w.n_panels,     w.k_blocks,    w.group_blocks,  w.n_groups};
 }
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("q4_from_gptq: " + msg); }
